@@ -1,0 +1,39 @@
+"""The command-line frame shared by every stage: `python -m atp.stages.<name> --config <job yaml> ...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from atp import config as cfg
+from atp.data.records import DataError
+from atp.runtime import set_offline, setup_logging
+
+log = logging.getLogger("atp")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", required=True, help="job config YAML (a pipeline config, or the part a job reads)")
+    p.add_argument("--parent", default=None, help="JSON file with the pipeline's MLflow parent run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--rule", default=None, help="Snakemake rule name (an MLflow tag)")
+    p.add_argument("--wildcards", default="", help="Snakemake wildcards (an MLflow tag)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    return p
+
+
+def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Parse arguments, load and resolve the config, run `main`; known input errors exit 2 with one line."""
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    set_offline()
+    try:
+        config = cfg.load(args.config)
+        main(args, config)
+    except (cfg.ConfigError, DataError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)

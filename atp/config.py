@@ -1,0 +1,241 @@
+"""Configuration: one schema (workflow/schemas/config.schema.yaml) is the single source of defaults.
+
+The pipeline config is validated and completed against it (by Snakemake's
+`validate` in the workflow and by `resolve` here, for stages run by hand and for
+tests). Each job gets a *job config*: the pipeline config cut down to what that
+job reads, so that changing one stage's setting reruns only that stage and what
+depends on it. Stages turn the sections they read into frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SYNTHETIC_KEYS = ("n", "min_ops", "max_ops", "max_quantity", "max_operand", "max_result", "varied_phrasing", "distractor", "question_first")
+SOURCE_KEYS = ("format", "path", "hub_id", "hub_config", "hub_split", "limit")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (dotted path) or file."""
+
+
+def _schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _validator(schema: dict):
+    """A Draft 2020-12 validator that also fills in defaults (the jsonschema FAQ recipe)."""
+    from jsonschema import Draft202012Validator, validators
+
+    validate_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = copy.deepcopy(prop["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})(schema)
+
+
+def resolve(config: dict | None) -> dict:
+    """Validate a (partial) pipeline config, fill defaults, run the cross-key checks; return a new dict."""
+    config = copy.deepcopy(config or {})
+    errors = sorted(_validator(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise ConfigError(f"config key '{key}': {error.message}")
+    check(config)
+    return config
+
+
+def check(config: dict) -> None:
+    """Checks a JSON schema cannot express; raises ConfigError naming the key."""
+    data = config["data"]
+    for name, spec in split_specs(config).items():
+        where = f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
+        try:
+            if spec["source"] == "synthetic":
+                from atp.data.synthetic import SuiteSpec
+
+                SuiteSpec.from_dict({k: v for k, v in spec.items() if k != "source"})
+            else:
+                from atp.data.sources import SourceSpec
+
+                SourceSpec(**{k: v for k, v in spec.items() if k in SOURCE_KEYS})
+                if spec["source"] == "file" and "path" not in spec:
+                    raise ValueError("source 'file' needs 'path'")
+                if spec["source"] == "hub" and "hub_id" not in spec:
+                    raise ValueError("source 'hub' needs 'hub_id'")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"config key '{where}': {exc}") from None
+    if set(data["suites"]) & {"train", "val"}:
+        raise ConfigError("config key 'data.suites': suites may not be named 'train' or 'val'")
+    methods = config["methods"]
+    for name, method in methods.items():
+        init = method.get("init")
+        if init is not None and init not in methods:
+            raise ConfigError(f"config key 'methods.{name}.init': unknown method {init!r}")
+        seen, current = {name}, init
+        while current is not None:
+            if current in seen:
+                raise ConfigError(f"config key 'methods.{name}.init': methods start from each other in a cycle")
+            seen.add(current)
+            current = methods[current].get("init")
+        train = {**config["train"], **method.get("train", {})}
+        micro = train.get("micro_batch_size")
+        if micro is not None and train["batch_size"] % micro:
+            raise ConfigError(f"config key 'methods.{name}.train.micro_batch_size': {micro} does not divide batch_size {train['batch_size']}")
+    model = config["model"]
+    if model["pretrained"] is None and model["hidden_size"] % model["num_heads"]:
+        raise ConfigError("config key 'model.num_heads': must divide model.hidden_size")
+
+
+def split_specs(config: dict) -> dict[str, dict]:
+    """Every split (train, val, each suite) with the synthetic defaults merged into synthetic ones."""
+    data = config["data"]
+    specs = {"train": data["train"], "val": data["val"], **data["suites"]}
+    merged = {}
+    for name, spec in specs.items():
+        if spec.get("source", "synthetic") == "synthetic":
+            extra = [k for k in spec if k in SOURCE_KEYS]
+            if extra:
+                where = f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
+                raise ConfigError(f"config key '{where}.{extra[0]}': not used by source 'synthetic'")
+            merged[name] = {"source": "synthetic", **data["synthetic"], **spec}
+        else:
+            merged[name] = dict(spec)
+    return merged
+
+
+def method_train(config: dict, method: str) -> dict:
+    """The effective training settings of a method: `train` updated with its overrides."""
+    return {**config["train"], **config["methods"][method].get("train", {})}
+
+
+def job_config(config: dict, job: str) -> dict:
+    """The part of the pipeline config one job reads (a valid pipeline config itself).
+
+    Jobs: `tracking`, `data`, `train_<method>`, `eval_<method>`, `table`.
+    """
+    base = {"experiment": config["experiment"], "mlflow": config["mlflow"]}
+    if job == "tracking":
+        return base
+    if job == "data":  # data prep also builds the tokenizer, which reads only these two model keys
+        model = config["model"]
+        return {**base, "data": config["data"], "model": {"pretrained": model["pretrained"], "vocab_size": model["vocab_size"]}}
+    kind, _, method = job.partition("_")
+    if kind == "train" and method in config["methods"]:
+        spec = {k: v for k, v in config["methods"][method].items() if k != "train"}
+        return {**base, "model": config["model"], "train": method_train(config, method), "methods": {method: spec}}
+    if kind == "eval" and method in config["methods"]:
+        spec = {k: v for k, v in config["methods"][method].items() if k != "train"}
+        return {**base, "eval": config["eval"], "methods": {method: spec}}
+    if job == "table":
+        return {**base, "methods": config["methods"], "seeds": config["seeds"]}
+    raise ConfigError(f"unknown job {job!r}")
+
+
+def config_hash(config: dict) -> str:
+    """Short stable hash of a config (tagged on every MLflow run)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML config file (pipeline or job config) and resolve it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+    try:
+        return resolve(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def dump(config: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`: MLflow params."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def to_dataclass(cls, values: dict, where: str):
+    """Build a frozen config dataclass from a validated section; unknown keys are a ConfigError."""
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"config key '{where}.{sorted(unknown)[0]}': unknown")
+    try:
+        return cls(**{k: values[k] for k in names if k in values})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config key '{where}': {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (see the schema's `train` for each field)."""
+
+    steps: int
+    batch_size: int
+    micro_batch_size: int | None
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    min_lr_ratio: float
+    grad_clip: float
+    max_length: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    val_samples: int
+    bf16: bool
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    def accumulation(self, world_size: int) -> tuple[int, int]:
+        """(micro batch per process, accumulation steps) giving exactly `batch_size` per step."""
+        micro = self.micro_batch_size or self.batch_size // world_size
+        if micro < 1 or self.batch_size % (micro * world_size):
+            raise ConfigError(
+                f"config key 'train.batch_size': {self.batch_size} is not a multiple of "
+                f"micro_batch_size ({micro}) x world size ({world_size})"
+            )
+        return micro, self.batch_size // (micro * world_size)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int
+    max_new_tokens: int
+    limit: int | None

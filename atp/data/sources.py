@@ -1,0 +1,214 @@
+"""Adapters from the real benchmarks' formats to the record contract.
+
+Each adapter turns one raw row into a record or raises ValueError saying what is
+wrong; `load_source` reads rows from a local file or the hub and adds the file
+and line to the message (or skips and counts bad rows when asked to).
+
+| format          | raw row                                                        |
+|-----------------|----------------------------------------------------------------|
+| gsm8k_aug_text  | iCoT text line `question||<<a>> <<b>> #### answer`            |
+| gsm8k_aug       | {"question", "cot": "<<a>> <<b>>", "answer"}                  |
+| gsm8k           | {"question", "answer": "...<<a>>...\\n#### N"}                 |
+| gsm_hard        | {"input", "code", "target"}                                   |
+| svamp           | {"Body", "Question", "Equation", "Answer"}                    |
+| multiarith      | {"question", "final_ans"}                                     |
+| coconut         | JSON list of {"question", "steps": [...], "answer"}           |
+| contract        | JSONL already in the record contract                          |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from atp.data.records import DataError, validate_record
+from atp.text import canonical_number, extract_steps
+
+log = logging.getLogger(__name__)
+
+
+def _field(row: dict, key: str) -> object:
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if key not in row or row[key] is None:
+        raise ValueError(f"missing field '{key}'")
+    return row[key]
+
+
+def _text(row: dict, key: str) -> str:
+    value = _field(row, key)
+    if not isinstance(value, str):
+        raise ValueError(f"field '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _answer(value: object, key: str) -> str:
+    try:
+        return canonical_number(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"field '{key}' = {value!r} is not a number") from None
+
+
+def _after_hashes(text: str, key: str) -> tuple[str, str]:
+    """Split `body #### answer`."""
+    if "####" not in text:
+        raise ValueError(f"field '{key}' has no '#### answer'")
+    body, answer = text.rsplit("####", 1)
+    return body, _answer(answer.strip(), key)
+
+
+def gsm8k_aug_text(line: str) -> dict:
+    """`question||<<a>> <<b>> #### 42` (the iCoT text form of GSM8K-Aug)."""
+    if not isinstance(line, str) or "||" not in line:
+        raise ValueError("expected 'question||<<step>> ... #### answer'")
+    question, rest = line.split("||", 1)
+    cot, answer = _after_hashes(rest, "cot")
+    return {"question": question.strip(), "steps": extract_steps(cot), "answer": answer}
+
+
+def gsm8k_aug(row: dict) -> dict:
+    """{"question", "cot": "<<a>> <<b>>", "answer"} (the dataset form of GSM8K-Aug)."""
+    cot = _text(row, "cot")
+    return {"question": _text(row, "question"), "steps": extract_steps(cot), "answer": _answer(_field(row, "answer"), "answer")}
+
+
+def gsm8k(row: dict) -> dict:
+    """Original GSM8K: the answer text holds calculator annotations and ends with `#### N`."""
+    body, answer = _after_hashes(_text(row, "answer"), "answer")
+    return {"question": _text(row, "question"), "steps": extract_steps(body), "answer": answer}
+
+
+def gsm_hard(row: dict) -> dict:
+    """GSM-Hard: a question (`input`), a Python solution (`code`) and a numeric `target`."""
+    return {"question": _text(row, "input"), "steps": [], "answer": _answer(_field(row, "target"), "target")}
+
+
+def svamp(row: dict) -> dict:
+    """SVAMP: the question is Body + Question; Equation is kept only as metadata."""
+    body, question = _text(row, "Body").strip(), _text(row, "Question").strip()
+    separator = " " if body.endswith((".", "?", "!")) else ". "
+    record = {"question": body + separator + question, "steps": [], "answer": _answer(_field(row, "Answer"), "Answer")}
+    if isinstance(row.get("Equation"), str):
+        record["equation"] = row["Equation"].strip()
+    return record
+
+
+def multiarith(row: dict) -> dict:
+    return {"question": _text(row, "question"), "steps": [], "answer": _answer(_field(row, "final_ans"), "final_ans")}
+
+
+def coconut(row: dict) -> dict:
+    """Coconut's JSON: steps are a list of equations (with or without `<<>>`)."""
+    steps = _field(row, "steps")
+    if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
+        raise ValueError("field 'steps' must be a list of strings")
+    steps = [s if s.startswith("<<") else f"<<{s}>>" for s in (s.strip() for s in steps)]
+    return {"question": _text(row, "question"), "steps": steps, "answer": _answer(_field(row, "answer"), "answer")}
+
+
+def contract(row: dict) -> dict:
+    return row
+
+
+ADAPTERS: dict[str, Callable[[object], dict]] = {
+    "gsm8k_aug_text": gsm8k_aug_text,
+    "gsm8k_aug": gsm8k_aug,
+    "gsm8k": gsm8k,
+    "gsm_hard": gsm_hard,
+    "svamp": svamp,
+    "multiarith": multiarith,
+    "coconut": coconut,
+    "contract": contract,
+}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where one split comes from: a local `path` or a hub dataset `hub_id`."""
+
+    format: str
+    path: str | None = None
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_split: str = "train"
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in ADAPTERS:
+            raise ValueError(f"unknown format {self.format!r}; known: {', '.join(ADAPTERS)}")
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError("give exactly one of 'path' and 'hub_id'")
+
+    @property
+    def name(self) -> str:
+        return self.path or f"{self.hub_id}:{self.hub_split}"
+
+
+def _raw_rows(spec: SourceSpec) -> Iterator[tuple[str, object]]:
+    """(where, raw row) pairs: file:line for local files, hub id and row index otherwise."""
+    if spec.hub_id is not None:
+        import datasets  # heavy import, only when the hub is used
+
+        dataset = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
+        for index, row in enumerate(dataset):
+            yield f"{spec.name} row {index}", (row["text"] if spec.format == "gsm8k_aug_text" else row)
+        return
+    path = Path(spec.path)
+    if not path.exists():
+        raise DataError(str(path), "file not found")
+    if spec.format == "gsm8k_aug_text":
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield f"{path}:{number}", line.rstrip("\n")
+        return
+    with open(path, encoding="utf-8") as handle:
+        head = handle.read(1).lstrip()
+        handle.seek(0)
+        if path.suffix == ".json" or head == "[":
+            try:
+                rows = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{exc.lineno}", f"invalid JSON ({exc.msg})") from None
+            if not isinstance(rows, list):
+                raise DataError(str(path), f"expected a JSON list of records, got {type(rows).__name__}")
+            for index, row in enumerate(rows):
+                yield f"{path} record {index}", row
+            return
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(where, f"invalid JSON ({exc.msg})") from None
+
+
+def load_source(spec: SourceSpec, split: str, skip_bad: bool = False) -> tuple[list[dict], int]:
+    """Read one split into contract records. Returns (records, number of skipped bad rows).
+
+    A bad row raises DataError(file:line, problem), unless `skip_bad`, which logs and counts it.
+    """
+    adapter = ADAPTERS[spec.format]
+    records: list[dict] = []
+    skipped = 0
+    for where, row in _raw_rows(spec):
+        if spec.limit is not None and len(records) >= spec.limit:
+            break
+        try:
+            if spec.format == "contract":
+                record = row
+            else:
+                record = {"id": f"{split}-{len(records):06d}", "source": spec.format, **adapter(row)}
+            records.append(validate_record(record, where, check_steps=True))
+        except (ValueError, TypeError) as exc:
+            error = exc if isinstance(exc, DataError) else DataError(where, str(exc))
+            if not skip_bad:
+                raise error from None
+            skipped += 1
+            log.warning("skipping bad record: %s", error)
+    return records, skipped

@@ -1,0 +1,78 @@
+"""Greedy decoding and scoring of language models (CoT and No-CoT) on contract records."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Iterable
+
+import torch
+
+from atp.modeling import prompt_ids
+from atp.text import numbers_equal, parse_answer
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int, device, progress: bool = False) -> list[tuple[str, int]]:
+    """(decoded text before EOS, number of generated tokens before EOS) per question.
+
+    Batches are formed from length-sorted prompts and left-padded; results come back in input order.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    encoded = [prompt_ids(tokenizer, q) for q in questions]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[tuple[str, int] | None] = [None] * len(encoded)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    for start in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress, mininterval=2.0):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[r, width - len(encoded[i]) :] = 1
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+        for r, i in enumerate(rows):
+            new = out[r, width:].tolist()
+            n = new.index(eos) if eos in new else len(new)
+            results[i] = (tokenizer.decode(new[:n], skip_special_tokens=True), n)
+    return results  # type: ignore[return-value]
+
+
+def score(records: list[dict], generations: Iterable[tuple[str, int]]) -> tuple[list[dict], dict]:
+    """Per-example predictions and summary metrics (accuracy, tokens, answer-format rate)."""
+    predictions = []
+    for record, (text, n_tokens) in zip(records, generations):
+        predicted = parse_answer(text)
+        predictions.append(
+            {
+                "id": record["id"],
+                "question": record["question"],
+                "gold": record["answer"],
+                "prediction": predicted,
+                "correct": predicted is not None and numbers_equal(predicted, record["answer"]),
+                "generated_tokens": n_tokens,
+                "generation": text,
+                "n_ops": record.get("n_ops", len(record["steps"])),
+            }
+        )
+    n = len(predictions)
+    metrics = {
+        "n": n,
+        "accuracy": sum(p["correct"] for p in predictions) / n if n else 0.0,
+        "tokens": statistics.fmean(p["generated_tokens"] for p in predictions) if n else 0.0,
+        "format_rate": sum(p["prediction"] is not None for p in predictions) / n if n else 0.0,
+    }
+    by_ops: dict[int, list[bool]] = {}
+    for p in predictions:
+        by_ops.setdefault(p["n_ops"], []).append(p["correct"])
+    metrics["accuracy_by_steps"] = {str(k): sum(v) / len(v) for k, v in sorted(by_ops.items())}
+    return predictions, metrics

@@ -1,0 +1,96 @@
+"""Process-level helpers every stage uses: offline mode, seeds, devices, provenance, atomic files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def set_offline(default: bool = True) -> None:
+    """Set the hub's offline switches unless the caller already chose (a hub look-up otherwise hangs ~50 s here)."""
+    if default:
+        for key, value in OFFLINE_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    for noisy in ("alembic", "mlflow.store.db.utils", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process runs: its rank, the world size and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: "object"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def compute_init(threads: int | None = None) -> Dist:
+    """(rank, world size, device) for CPU, one GPU, or N processes started by torchrun/accelerate."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def git_info(cwd: str | Path | None = None) -> dict[str, str]:
+    """The commit and a dirty flag, set explicitly (MLflow cannot find them for code started by Snakemake)."""
+
+    def run(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def write_json(path: str | Path, payload: object) -> None:
+    """Write JSON atomically with sorted keys, so equal content means equal bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> object:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

@@ -1,0 +1,1 @@
+"""Stage CLIs: each is `python -m atp.stages.<name> --config <job yaml> ...`."""

@@ -1,0 +1,90 @@
+"""Aggregate every evaluation into the results table (methods x suites, mean +- std over seeds).
+
+    python -m atp.stages.table --config job.yaml --metrics <metrics.json ...> \
+        --out-md results/<exp>/table.md --out-csv results/<exp>/table.csv
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+
+from atp import cli
+from atp.runtime import git_info, read_json
+
+log = logging.getLogger("atp.table")
+
+
+def aggregate(metrics: list[dict], methods: dict) -> "object":
+    """A DataFrame with one row per method: each suite's accuracy and tokens (mean, std over seeds) and averages."""
+    import pandas as pd
+
+    suites = sorted({m["suite"] for m in metrics}, key=lambda s: [m["suite"] for m in metrics].index(s))
+    rows = []
+    for name, spec in methods.items():
+        mine = [m for m in metrics if m["method"] == name]
+        if not mine:
+            continue
+        seeds = sorted({m["seed"] for m in mine})
+        row = {"method": name, "label": spec.get("label", name), "seeds": len(seeds)}
+        per_seed_avg_acc, per_seed_avg_tok = [], []
+        for seed in seeds:
+            by_suite = {m["suite"]: m for m in mine if m["seed"] == seed}
+            per_seed_avg_acc.append(statistics.fmean(100 * by_suite[s]["accuracy"] for s in suites if s in by_suite))
+            per_seed_avg_tok.append(statistics.fmean(by_suite[s]["tokens"] for s in suites if s in by_suite))
+        for suite in suites:
+            accuracy = [100 * m["accuracy"] for m in mine if m["suite"] == suite]
+            tokens = [m["tokens"] for m in mine if m["suite"] == suite]
+            row[f"{suite}_acc"] = statistics.fmean(accuracy)
+            row[f"{suite}_acc_std"] = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
+            row[f"{suite}_tokens"] = statistics.fmean(tokens)
+        row["avg_acc"] = statistics.fmean(per_seed_avg_acc)
+        row["avg_acc_std"] = statistics.stdev(per_seed_avg_acc) if len(per_seed_avg_acc) > 1 else 0.0
+        row["avg_tokens"] = statistics.fmean(per_seed_avg_tok)
+        rows.append(row)
+    return pd.DataFrame(rows).round(4), suites
+
+
+def markdown(frame, suites: list[str], provenance: str) -> str:
+    header = ["Method"] + [f"{s} acc (%)" for s in suites] + ["avg acc (%)"] + [f"{s} #tok" for s in suites] + ["avg #tok"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in frame.iterrows():
+        cells = [row["label"]]
+        for s in suites + ["avg"]:
+            std = row[f"{s}_acc_std"]
+            cells.append(f"{row[f'{s}_acc']:.1f} ± {std:.1f}" if row["seeds"] > 1 else f"{row[f'{s}_acc']:.1f}")
+        cells += [f"{row[f'{s}_tokens']:.1f}" for s in suites] + [f"{row['avg_tokens']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = int(frame["seeds"].max()) if len(frame) else 0
+    note = (
+        f"\nAccuracy in %, mean{' ± std' if seeds > 1 else ''} over {seeds} training seed(s); "
+        "#tok = generated tokens per question (CoT and answer, EOS excluded).\n"
+    )
+    return "# Results\n\n" + "\n".join(lines) + "\n" + note + provenance
+
+
+def main(args, config: dict) -> None:
+    from atp.config import config_hash
+    from atp.tracking import Tracker
+
+    metrics = [read_json(p) for p in args.metrics]
+    frame, suites = aggregate(metrics, config["methods"])
+    git = git_info()
+    provenance = f"\nProduced from git commit {git['commit']} (dirty: {git['dirty']}), job config hash {config_hash(config)}.\n"
+    Path(args.out_md).write_text(markdown(frame, suites, provenance), encoding="utf-8")
+    frame.to_csv(args.out_csv, index=False)
+    log.info("wrote %s and %s", args.out_md, args.out_csv)
+    with Tracker(config, "table", args.parent, "table", {"rule": args.rule or "table"}, enabled=not args.no_tracking) as tracker:
+        for _, row in frame.iterrows():
+            tracker.log_metrics({f"table/{row['method']}/avg_acc": row["avg_acc"], f"table/{row['method']}/avg_tokens": row["avg_tokens"]})
+        tracker.log_artifact(args.out_md)
+        tracker.log_artifact(args.out_csv)
+
+
+if __name__ == "__main__":
+    p = cli.parser("Aggregate evaluation metrics into the results table.")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--out-md", required=True)
+    p.add_argument("--out-csv", required=True)
+    cli.run(main, p)

@@ -1,0 +1,173 @@
+"""MLflow tracking: one parent run per pipeline, one child run per job.
+
+Nested runs do not work across processes, so every job's run carries the tag
+`mlflow.parentRunId` of the parent run written by the first rule. Only rank 0
+talks to MLflow; other ranks get the same object with tracking switched off, so
+call sites stay unconditional. Metrics are always written under `results/` by
+the stage itself; MLflow is a view on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from atp.config import config_hash, flatten
+from atp.runtime import git_info, read_json, write_json
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 6000
+
+
+def tracking_uri(setting: str) -> str:
+    """A path becomes `sqlite:///<absolute path>`; anything with a scheme is used as it is."""
+    if "://" in setting:
+        return setting
+    path = Path(setting).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts next to a SQLite store (not in ./mlruns of whatever directory a job runs in)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def _retry(action, what: str, attempts: int = 6):
+    """Retry MLflow calls with backoff: a shared SQLite store is briefly locked when jobs log at once."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many exception types for a locked store
+            if attempt == attempts:
+                raise RuntimeError(f"MLflow {what} failed after {attempts} attempts: {exc}") from exc
+            log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay *= 2
+
+
+def _experiment_id(mlflow, name: str, uri: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+    except Exception:  # another job created it meanwhile
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
+    """Create the store, the MLflow experiment and the pipeline's parent run; write its ids to `out`."""
+    import mlflow
+
+    uri = tracking_uri(mlflow_cfg["tracking_uri"])
+    mlflow.set_tracking_uri(uri)
+    experiment_id = _retry(lambda: _experiment_id(mlflow, mlflow_cfg["experiment_name"], uri), "create experiment")
+    git = git_info()
+    tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
+    run = _retry(
+        lambda: mlflow.MlflowClient().create_run(experiment_id, run_name=f"pipeline-{experiment}", tags=tags), "create parent run"
+    )
+    _retry(lambda: mlflow.MlflowClient().set_terminated(run.info.run_id), "end parent run")
+    info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
+    write_json(out, info)
+    return info
+
+
+class Tracker:
+    """A child run of the pipeline's parent run (or a no-op on non-zero ranks)."""
+
+    def __init__(
+        self,
+        job_config: dict,
+        stage: str,
+        parent: str | Path | None,
+        run_name: str,
+        tags: dict[str, Any] | None = None,
+        enabled: bool = True,
+    ):
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self._job_config = job_config
+        self._stage = stage
+        self._parent = parent
+        self._run_name = run_name
+        self._tags = {k: str(v) for k, v in (tags or {}).items()}
+
+    def __enter__(self) -> "Tracker":
+        if not self.enabled:
+            return self
+        import mlflow
+
+        if self._parent is not None and Path(self._parent).exists():
+            parent = read_json(self._parent)
+            uri, experiment_id, parent_id = parent["tracking_uri"], parent["experiment_id"], parent["run_id"]
+        else:
+            uri = tracking_uri(self._job_config["mlflow"]["tracking_uri"])
+            mlflow.set_tracking_uri(uri)
+            experiment_id = _retry(lambda: _experiment_id(mlflow, self._job_config["mlflow"]["experiment_name"], uri), "experiment")
+            parent_id = None
+        mlflow.set_tracking_uri(uri)
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        git = git_info()
+        tags = {
+            "stage": self._stage,
+            "config_hash": config_hash(self._job_config),
+            "git_commit": git["commit"],
+            "git_dirty": git["dirty"],
+            "pipeline": self._job_config.get("experiment", ""),
+            **self._tags,
+        }
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        run = _retry(lambda: self.client.create_run(experiment_id, run_name=self._run_name, tags=tags), "create run")
+        self.run_id = run.info.run_id
+        params = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(self._job_config).items()}
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            chunk = items[start : start + 100]
+            _retry(lambda: self.client.log_batch(self.run_id, params=chunk), "log params")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.enabled and self.run_id is not None:
+            status = "FINISHED" if exc_type is None else "FAILED"
+            _retry(lambda: self.client.set_terminated(self.run_id, status=status), "end run")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.enabled:
+            for key, value in tags.items():
+                _retry(lambda: self.client.set_tag(self.run_id, key, str(value)), "set tag")
+
+    def log_input(self, name: str, digest: str, path: str, n: int) -> None:
+        """Record a dataset (name, digest, source path) as an MLflow dataset input."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=str(path), schema=None, profile=f'{{"num_rows": {n}}}')
+        entry = DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value=name)])
+        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entry]), "log input")

@@ -1,0 +1,219 @@
+"""The training loop shared by the SFT stages: schedule, accumulation, checkpoints, resume.
+
+The whole batch schedule is a pure function of (seed, data, step count), so a run
+resumed from a checkpoint sees exactly the batches the uninterrupted run would
+have seen. The loss is a per-token mean over the *effective* batch, whatever the
+split into processes and micro-batches, so 1 and N processes follow one curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from atp.config import TrainConfig
+from atp.runtime import Dist, git_info, read_json, write_json
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Example:
+    """One tokenized training sequence; `labels` is IGNORE where no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def batch_schedule(lengths: list[int], batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """`steps` batches of example indices: shuffled epochs, length-grouped within chunks of 50 batches.
+
+    Grouping by length keeps padding low; shuffling the batches keeps the order random.
+    """
+    if len(lengths) < batch_size:
+        raise ValueError(f"{len(lengths)} training examples are fewer than one batch of {batch_size}")
+    rng = random.Random(seed)
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        chunk = batch_size * 50
+        epoch = []
+        for start in range(0, len(order) - batch_size + 1, chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+            epoch += [part[i : i + batch_size] for i in range(0, len(part) - batch_size + 1, batch_size)]
+        rng.shuffle(epoch)
+        batches += epoch
+    return batches[:steps]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a micro-batch."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropies over labelled positions."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to `min_lr_ratio` (step counts from 0)."""
+    warmup = int(cfg.warmup_ratio * cfg.steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoints(ckpt_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a folder counts once its meta.json exists)."""
+    if not ckpt_dir.exists():
+        return []
+    return sorted((p for p in ckpt_dir.glob("step_*") if (p / "meta.json").exists()), key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int) -> Path:
+    """Weights as safetensors, optimizer state as tensors, meta.json last (it marks the folder complete)."""
+    from safetensors.torch import save_file
+
+    final = ckpt_dir / f"step_{step:07d}"
+    tmp = ckpt_dir / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, tmp / "model.safetensors")  # cloned, so tied weights no longer share memory
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    write_json(tmp / "meta.json", {**meta, "step": step, **{f"git_{k}": v for k, v in git_info().items()}})
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(ckpt_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model, optimizer) -> int:
+    """Restore weights and optimizer state; returns the step the checkpoint was taken after."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path / "model.safetensors"), strict=True)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    return int(read_json(path / "meta.json")["step"])
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    model,
+    examples: list[Example],
+    cfg: TrainConfig,
+    dist: Dist,
+    seed: int,
+    ckpt_dir: Path,
+    pad_id: int,
+    tracker,
+    meta: dict,
+    on_log: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train `model` for `cfg.steps` steps, resuming from the newest checkpoint in `ckpt_dir`.
+
+    Returns final metrics (train/loss over the last log window, timing).
+    """
+    from tqdm import tqdm
+
+    micro, accumulation = cfg.accumulation(dist.world_size)
+    schedule = batch_schedule([len(e.input_ids) for e in examples], cfg.batch_size, cfg.steps, seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start = 0
+    existing = checkpoints(ckpt_dir)
+    if existing:
+        start = load_checkpoint(existing[-1], model, optimizer)
+        log.info("resuming from checkpoint %s (step %d of %d)", existing[-1], start, cfg.steps)
+    ddp_model = model
+    if dist.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+    model.train()
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    window_loss, window_tokens, window_start = 0.0, 0, time.time()
+    metrics: dict[str, float] = {"train/resumed_from_step": start}
+    progress = tqdm(total=cfg.steps, initial=start, desc="train", disable=not dist.is_main, mininterval=2.0)
+    for step in range(start, cfg.steps):
+        batch_ids = schedule[step]
+        total_tokens = sum(sum(1 for t in examples[i].labels[1:] if t != IGNORE) for i in batch_ids)
+        mine = batch_ids[dist.rank * micro * accumulation : (dist.rank + 1) * micro * accumulation]
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, cfg)
+        step_loss = torch.zeros((), device=dist.device)
+        for k in range(accumulation):
+            batch = collate([examples[i] for i in mine[k * micro : (k + 1) * micro]], pad_id)
+            batch = {key: value.to(dist.device) for key, value in batch.items()}
+            with autocast:
+                loss_sum = token_loss_sum(ddp_model, batch)
+            # DDP averages gradients over processes; scale so the result is the mean over the effective batch.
+            (loss_sum * dist.world_size / total_tokens).backward()
+            step_loss += loss_sum.detach()
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(step_loss)
+        loss_value = step_loss.item() / total_tokens
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(
+                f"loss became {loss_value} at step {step + 1}; the last good checkpoint is kept in {ckpt_dir}"
+            )
+        if cfg.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip).item()
+        else:
+            grad_norm = float("nan")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_loss += loss_value * total_tokens
+        window_tokens += total_tokens
+        progress.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.time() - window_start
+            metrics = {
+                "train/loss": window_loss / window_tokens,
+                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/grad_norm": grad_norm,
+                "train/target_tokens_per_s": window_tokens / max(elapsed, 1e-9),
+            }
+            progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            tracker.log_metrics(metrics, step=done)
+            if on_log is not None:
+                on_log(done, metrics)
+            window_loss, window_tokens, window_start = 0.0, 0, time.time()
+        if dist.is_main and (done % cfg.checkpoint_every == 0 and done < cfg.steps):
+            save_checkpoint(ckpt_dir, done, model, optimizer, meta, cfg.keep_checkpoints)
+    progress.close()
+    model.eval()
+    return {**metrics, "train/resumed_from_step": start}

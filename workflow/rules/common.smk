@@ -1,0 +1,70 @@
+# Config validation, wildcard constraints and the helpers that rules call.
+import json
+import os
+import sys
+
+from snakemake.utils import validate
+
+import atp.config
+from atp.runtime import OFFLINE_ENV
+
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    atp.config.check(config)
+except atp.config.ConfigError as error:
+    raise WorkflowError(f"Invalid config: {error}")
+
+# No hub look-ups from jobs unless the user asked for them (a failed look-up hangs ~50 s).
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+PY = sys.executable
+EXP = config["experiment"]
+METHODS = list(config["methods"])
+SUITES = list(config["data"]["suites"])
+SEEDS = [str(seed) for seed in config["seeds"]]
+
+
+wildcard_constraints:
+    exp=EXP,
+    method="|".join(METHODS),
+    seed=r"\d+",
+    job=r"[a-z0-9_]+",
+
+
+def all_targets():
+    """The results table (which pulls in every model and evaluation)."""
+    return [f"results/{EXP}/table.md", f"results/{EXP}/table.csv"]
+
+
+def job_config_json(wildcards):
+    """The part of the config a job reads, as JSON (a rule parameter, so a change reruns that job only)."""
+    return json.dumps(atp.config.job_config(config, wildcards.job), sort_keys=True)
+
+
+def stage_module(wildcards):
+    """The stage CLI that trains a method (atp.stages.<stage>)."""
+    return config["methods"][wildcards.method]["stage"]
+
+
+def init_model(wildcards):
+    """The model a method starts from: another method's model (same seed), or none (the base model)."""
+    init = config["methods"][wildcards.method].get("init")
+    if init is None:
+        return []
+    return f"results/{wildcards.exp}/train/{init}/seed{wildcards.seed}/model"
+
+
+def init_arg(wildcards, input):
+    return f"--init {input.init}" if input.get("init") else ""
+
+
+def all_suite_metrics(wildcards):
+    return expand(
+        "results/{exp}/eval/{method}/seed{seed}/{suite}/metrics.json",
+        exp=wildcards.exp,
+        method=METHODS,
+        seed=SEEDS,
+        suite=SUITES,
+    )

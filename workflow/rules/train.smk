@@ -1,0 +1,34 @@
+# Training: one job per method and seed. The stage module comes from the method's `stage`.
+
+
+rule train:
+    input:
+        config="results/{exp}/configs/train_{method}.yaml",
+        data=rules.prepare_data.output.train,
+        tokenizer=rules.prepare_data.output.tokenizer,
+        init=init_model,
+        parent=rules.tracking.output[0],
+    output:
+        model=directory("results/{exp}/train/{method}/seed{seed}/model"),
+        metrics="results/{exp}/train/{method}/seed{seed}/metrics.json",
+    log:
+        "results/{exp}/logs/train/{method}/seed{seed}.log",
+    benchmark:
+        "results/{exp}/benchmarks/train/{method}/seed{seed}.tsv"
+    params:
+        stage=stage_module,
+        init=init_arg,
+        data_dir=subpath(input.data, parent=True),
+        out_dir=subpath(output.metrics, parent=True),
+        checkpoints="results/{exp}/checkpoints/{method}/seed{seed}",
+    threads: 1
+    resources:
+        gpu=0,
+    conda:
+        "../envs/atp.yaml"
+    shell:
+        "{PY} -m atp.stages.{params.stage} --config {input.config} --method {wildcards.method}"
+        " --seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir}"
+        " --checkpoint-dir {params.checkpoints} {params.init} --threads {threads}"
+        " --parent {input.parent} --rule {rule} --wildcards 'method={wildcards.method},seed={wildcards.seed}'"
+        " > {log} 2>&1"
