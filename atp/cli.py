@@ -9,7 +9,7 @@ from typing import Callable
 
 from atp import config as cfg
 from atp.data.records import DataError
-from atp.runtime import set_offline, setup_logging
+from atp.runtime import NonFiniteLoss, set_offline, setup_logging
 
 log = logging.getLogger("atp")
 
@@ -37,3 +37,6 @@ def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentPa
     except (cfg.ConfigError, DataError) as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except NonFiniteLoss as exc:
+        log.error("training diverged: %s", exc)
+        sys.exit(3)

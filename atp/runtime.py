@@ -10,6 +10,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient became NaN or inf; training stopped before the weights changed."""
+
+
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
@@ -69,7 +73,8 @@ def compute_init(threads: int | None = None) -> Dist:
 
 
 def git_info(cwd: str | Path | None = None) -> dict[str, str]:
-    """The commit and a dirty flag, set explicitly (MLflow cannot find them for code started by Snakemake)."""
+    """The commit and a dirty flag of the code's checkout (MLflow cannot find them for code started by Snakemake)."""
+    cwd = cwd or Path(__file__).resolve().parents[1]
 
     def run(*args: str) -> str | None:
         try:

@@ -21,14 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from atp.config import TrainConfig
-from atp.runtime import Dist, git_info, read_json, write_json
+from atp.runtime import Dist, NonFiniteLoss, git_info, read_json, write_json
 
 log = logging.getLogger(__name__)
 IGNORE = -100
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -185,14 +181,13 @@ def train(
         if dist.world_size > 1:
             torch.distributed.all_reduce(step_loss)
         loss_value = step_loss.item() / total_tokens
-        if not math.isfinite(loss_value):
+        # The norm is computed even without clipping: a non-finite gradient must never reach the weights.
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).item()
+        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             raise NonFiniteLoss(
-                f"loss became {loss_value} at step {step + 1}; the last good checkpoint is kept in {ckpt_dir}"
+                f"loss {loss_value}, gradient norm {grad_norm} at step {step + 1}; stopped before updating the weights. "
+                f"The last good checkpoint is kept in {ckpt_dir}"
             )
-        if cfg.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip).item()
-        else:
-            grad_norm = float("nan")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         window_loss += loss_value * total_tokens

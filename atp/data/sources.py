@@ -152,7 +152,10 @@ def _raw_rows(spec: SourceSpec) -> Iterator[tuple[str, object]]:
     if spec.hub_id is not None:
         import datasets  # heavy import, only when the hub is used
 
-        dataset = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
+        try:
+            dataset = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.hub_split)
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types; report them all the same way
+            raise DataError(spec.name, f"could not load the dataset ({type(exc).__name__}: {exc})") from None
         for index, row in enumerate(dataset):
             yield f"{spec.name} row {index}", (row["text"] if spec.format == "gsm8k_aug_text" else row)
         return

@@ -184,7 +184,8 @@ def _assign(rng: random.Random, node: Node, spec: SuiteSpec) -> None:
     if op == "+":
         if left_leaf:
             a.value = rng.randint(1, q)
-        b.value = rng.randint(1, q)
+        if right_leaf:
+            b.value = rng.randint(1, q)
         value = a.value + b.value
     elif op == "-":
         if not left_leaf and not right_leaf and a.value < b.value:

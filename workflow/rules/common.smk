@@ -19,7 +19,13 @@ except atp.config.ConfigError as error:
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
-PY = sys.executable
+# Jobs call `python -m atp.stages...`: make that the interpreter running Snakemake (the project's environment).
+envvars:
+    "PATH",
+
+
+_search_path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+os.environ.update(PATH=_search_path)
 EXP = config["experiment"]
 METHODS = list(config["methods"])
 SUITES = list(config["data"]["suites"])
@@ -60,6 +66,11 @@ def init_arg(wildcards, input):
     return f"--init {input.init}" if input.get("init") else ""
 
 
+def data_dir(wildcards):
+    """The folder of the prepared splits and the tokenizer."""
+    return f"results/{wildcards.exp}/data"
+
+
 def all_suite_metrics(wildcards):
     return expand(
         "results/{exp}/eval/{method}/seed{seed}/{suite}/metrics.json",
@@ -67,4 +78,15 @@ def all_suite_metrics(wildcards):
         method=METHODS,
         seed=SEEDS,
         suite=SUITES,
+    )
+
+
+def finished_message():
+    """Where a finished run left its results (printed by `onsuccess`)."""
+    uri = config["mlflow"]["tracking_uri"]
+    store = uri if "://" in uri else f"sqlite:///{os.path.abspath(uri)}"
+    return (
+        f"\nDone. Results table: results/{EXP}/table.md (and .csv); data card: results/{EXP}/data/card.md;"
+        f"\nlogs: results/{EXP}/logs/; MLflow store: {store}"
+        f"\nOpen it with: mlflow ui --backend-store-uri {store} --host 127.0.0.1"
     )

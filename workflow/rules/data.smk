@@ -12,7 +12,7 @@ rule job_config:
     conda:
         "../envs/atp.yaml"
     shell:
-        "{PY} -m atp.write_config --json {params.cfg:q} --out {output} > {log} 2>&1"
+        "python -m atp.write_config --json {params.cfg:q} --out {output} > {log} 2>&1"
 
 
 rule tracking:
@@ -26,7 +26,7 @@ rule tracking:
     conda:
         "../envs/atp.yaml"
     shell:
-        "{PY} -m atp.stages.tracking --config {input.config} --out {output} > {log} 2>&1"
+        "python -m atp.stages.tracking --config {input.config} --out {output} > {log} 2>&1"
 
 
 rule prepare_data:
@@ -50,5 +50,5 @@ rule prepare_data:
     conda:
         "../envs/atp.yaml"
     shell:
-        "{PY} -m atp.stages.prepare_data --config {input.config} --parent {input.parent}"
-        " --out-dir {params.out_dir} --rule {rule} > {log} 2>&1"
+        "python -m atp.stages.prepare_data --config {input.config} --parent {input.parent}"
+        " --out-dir {params.out_dir} --rule prepare_data > {log} 2>&1"

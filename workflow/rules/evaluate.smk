@@ -16,7 +16,7 @@ rule evaluate:
         "results/{exp}/benchmarks/evaluate/{method}/seed{seed}.tsv"
     params:
         suites=SUITES,
-        data_dir="results/{exp}/data",
+        data_dir=data_dir,
         out_dir="results/{exp}/eval/{method}/seed{seed}",
     threads: 1
     resources:
@@ -24,8 +24,8 @@ rule evaluate:
     conda:
         "../envs/atp.yaml"
     shell:
-        "{PY} -m atp.stages.evaluate --config {input.config} --method {wildcards.method}"
+        "python -m atp.stages.evaluate --config {input.config} --method {wildcards.method}"
         " --seed {wildcards.seed} --model {input.model} --data-dir {params.data_dir}"
         " --suites {params.suites} --out-dir {params.out_dir} --threads {threads}"
-        " --parent {input.parent} --rule {rule} --wildcards 'method={wildcards.method},seed={wildcards.seed}'"
+        " --parent {input.parent} --rule evaluate --wildcards 'method={wildcards.method},seed={wildcards.seed}'"
         " > {log} 2>&1"

@@ -17,6 +17,6 @@ rule table:
     conda:
         "../envs/atp.yaml"
     shell:
-        "{PY} -m atp.stages.table --config {input.config} --metrics {input.metrics}"
-        " --out-md {output.md} --out-csv {output.csv} --parent {input.parent} --rule {rule}"
+        "python -m atp.stages.table --config {input.config} --metrics {input.metrics}"
+        " --out-md {output.md} --out-csv {output.csv} --parent {input.parent} --rule table"
         " > {log} 2>&1"

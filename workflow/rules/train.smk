@@ -27,8 +27,8 @@ rule train:
     conda:
         "../envs/atp.yaml"
     shell:
-        "{PY} -m atp.stages.{params.stage} --config {input.config} --method {wildcards.method}"
+        "python -m atp.stages.{params.stage} --config {input.config} --method {wildcards.method}"
         " --seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoints} {params.init} --threads {threads}"
-        " --parent {input.parent} --rule {rule} --wildcards 'method={wildcards.method},seed={wildcards.seed}'"
+        " --parent {input.parent} --rule train --wildcards 'method={wildcards.method},seed={wildcards.seed}'"
         " > {log} 2>&1"

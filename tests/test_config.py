@@ -1,0 +1,92 @@
+"""Config validation: defaults, errors that name the key, job configs."""
+
+import pytest
+
+from atp import config
+from atp.config import ConfigError, TrainConfig, job_config, resolve, to_dataclass
+
+
+def test_defaults_fill_an_empty_config():
+    cfg = resolve({})
+    assert cfg["experiment"] == "default"
+    assert cfg["train"]["batch_size"] == 32
+    assert set(cfg["data"]["suites"]) == {"test", "hard", "easy", "varied"}
+    assert set(cfg["methods"]) == {"cot_sft", "nocot_sft"}
+    assert cfg["methods"]["cot_sft"]["init"] is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"trian": {}}, "<top level>"),
+        ({"train": {"lr": -1.0}}, "train.lr"),
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"data": {"train": {"n": -5}}}, "data.train.n"),
+        ({"model": {"lora": {"enabled": "yes"}}}, "model.lora.enabled"),
+        ({"methods": {"x": {"stage": "magic"}}}, "methods.x.stage"),
+        ({"data": {"suites": {"t": {"source": "file"}}}}, "data.suites.t"),
+        ({"methods": {"a": {"stage": "sft", "init": "b"}}}, "methods.a.init"),
+        ({"methods": {"a": {"stage": "sft", "init": "b"}, "b": {"stage": "sft", "init": "a"}}}, "methods.a.init"),
+        ({"train": {"batch_size": 32, "micro_batch_size": 5}}, "micro_batch_size"),
+        ({"data": {"synthetic": {"min_ops": 3, "max_ops": 2}}}, "data.train"),
+        ({"data": {"train": {"source": "synthetic", "path": "x.jsonl"}}}, "data.train.path"),
+    ],
+)
+def test_errors_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as error:
+        resolve(raw)
+    assert key in str(error.value)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="'trian' was unexpected"):
+        resolve({"trian": {}})
+
+
+def test_job_configs_hold_only_what_the_job_reads():
+    cfg = resolve({"methods": {"cot_sft": {"stage": "sft", "train": {"steps": 7}}}})
+    train = job_config(cfg, "train_cot_sft")
+    assert train["train"]["steps"] == 7 and "eval" not in train and "data" not in train
+    assert set(job_config(cfg, "eval_cot_sft")) == {"experiment", "mlflow", "eval", "methods"}
+    data = job_config(cfg, "data")
+    assert set(data["model"]) == {"pretrained", "vocab_size"}
+    # A job config is itself a valid pipeline config, and resolving it keeps its content.
+    assert resolve(train)["train"] == train["train"]
+    with pytest.raises(ConfigError):
+        job_config(cfg, "train_missing")
+
+
+def test_changing_eval_changes_only_eval_job_configs():
+    a, b = resolve({}), resolve({"eval": {"max_new_tokens": 10}})
+    for job in ("data", "train_cot_sft", "train_nocot_sft", "table", "tracking"):
+        assert job_config(a, job) == job_config(b, job)
+    assert job_config(a, "eval_cot_sft") != job_config(b, "eval_cot_sft")
+
+
+def test_train_dataclass_and_accumulation():
+    cfg = resolve({"train": {"batch_size": 32, "micro_batch_size": 8}})
+    train = to_dataclass(TrainConfig, cfg["train"], "train")
+    assert train.accumulation(1) == (8, 4)
+    assert train.accumulation(2) == (8, 2)
+    assert train.accumulation(4) == (8, 1)
+    with pytest.raises(ConfigError):
+        train.accumulation(3)
+    with pytest.raises(ConfigError, match="train.bogus"):
+        to_dataclass(TrainConfig, {**cfg["train"], "bogus": 1}, "train")
+
+
+def test_load_reports_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: -1}\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        config.load(path)
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "missing.yaml")
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        config.load(path)
+
+
+def test_shipped_configs_are_valid():
+    for name in ("config/config.yaml", ".test/config/config.yaml"):
+        config.load(config.SCHEMA_PATH.parents[2] / name)

@@ -1,0 +1,111 @@
+"""The whole DAG on the test-size config, for real: Snakemake, MLflow SQLite store, tiny models."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, ROOT
+
+pytestmark = pytest.mark.slow
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+
+
+def snakemake(workdir, *args, check=True):
+    cmd = [PYTHON, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(TEST_CONFIG), "--cores", "2", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table."""
+    counts = {}
+    block = dry_run_output.split("Job stats:", 1)[1] if "Job stats:" in dry_run_output else ""
+    for line in block.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(ROOT / "config", workdir / "config")
+    snakemake(workdir)
+    return workdir
+
+
+def test_lint_is_clean():
+    result = subprocess.run([PYTHON, "-m", "snakemake", "--lint", "--cores", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "good condition" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_dag_produces_the_table_and_per_example_predictions(pipeline):
+    exp = pipeline / "results" / "test"
+    table = (exp / "table.md").read_text()
+    assert "CoT-SFT" in table and "No-CoT" in table
+    for suite in ("test", "hard", "easy", "varied"):
+        assert f"{suite} acc" in table
+        metrics = json.loads((exp / "eval" / "cot_sft" / "seed0" / suite / "metrics.json").read_text())
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 40
+        predictions = (exp / "eval" / "cot_sft" / "seed0" / suite / "predictions.jsonl").read_text().splitlines()
+        assert len(predictions) == 40 and {"gold", "prediction", "generation"} <= set(json.loads(predictions[0]))
+    csv = (exp / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("method,label,seeds") and len(csv) == 3
+    assert (exp / "data" / "card.md").exists() and (exp / "data" / "tokenizer" / "tokenizer.json").exists()
+    assert (exp / "train" / "cot_sft" / "seed0" / "model" / "model.safetensors").exists()
+    assert (exp / "benchmarks" / "train" / "cot_sft" / "seed0.tsv").exists()
+
+
+def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
+    import mlflow
+
+    parent = json.loads((pipeline / "results" / "test" / "tracking" / "parent_run.json").read_text())
+    assert parent["tracking_uri"] == f"sqlite:///{pipeline / 'results' / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
+    children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+    stages = sorted(run.data.tags["stage"] for run in children)
+    assert stages == ["data", "evaluate", "evaluate", "sft_cot", "sft_nocot", "table"]
+    for run in children:
+        tags = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert {"rule", "stage", "config_hash", "git_commit", "git_dirty"} <= set(tags)
+        if tags["stage"].startswith(("sft", "evaluate")):
+            assert tags["seed"] == "0" and "method=" in tags["wildcards"]
+    train = next(r for r in children if r.data.tags["stage"] == "sft_cot")
+    assert "train/loss" in train.data.metrics and train.data.params["train.steps"] == "12"
+    history = client.get_metric_history(train.info.run_id, "train/loss")
+    assert [m.step for m in history] == [4, 8, 12]
+    data = next(r for r in children if r.data.tags["stage"] == "data")
+    assert {d.dataset.name for d in data.inputs.dataset_inputs} == {"train", "val", "test", "hard", "easy", "varied"}
+    artifacts = {a.path for a in client.list_artifacts(data.info.run_id)}
+    assert {"card.json", "card.md"} <= artifacts
+
+
+def test_nothing_to_do_after_a_complete_run(pipeline):
+    result = snakemake(pipeline, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
+    result = snakemake(pipeline, "-n", "--config", "eval={batch_size: 64, max_new_tokens: 20}")
+    counts = job_counts(result.stdout)
+    assert counts.get("evaluate") == 2 and counts.get("table") == 1
+    assert "train" not in counts and "prepare_data" not in counts
+
+
+def test_a_bad_config_fails_before_any_job(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    result = snakemake(tmp_path, "-n", "--config", "train={lr: -1}", check=False)
+    assert result.returncode != 0
+    assert "lr" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
