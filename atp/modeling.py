@@ -21,7 +21,7 @@ INIT_FROM = "<<"
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int):
     """Train a BPE tokenizer on `texts`; digits and punctuation are single tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
@@ -29,7 +29,9 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int):
         [
             pre_tokenizers.Split("\n", behavior="isolated"),
             pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
-            pre_tokenizers.Split(Regex(r"▁?[0-9]"), behavior="isolated"),  # one digit a token; a space joins the first
+            # Each digit its own token, the same in the question and in the equations (so copying a
+            # number is copying tokens); the space before a number stays a token of its own.
+            pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.Punctuation(behavior="isolated"),
         ]
     )

@@ -15,9 +15,14 @@ pytestmark = pytest.mark.slow
 TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 
 
-def snakemake(workdir, *args, check=True):
+def snakemake(workdir, *args, extra_config: str | None = None, check=True):
+    """Run Snakemake on the test config in `workdir`; `extra_config` (YAML text) is merged over it."""
+    configs = [str(TEST_CONFIG)]
+    if extra_config is not None:
+        (workdir / "extra.yaml").write_text(extra_config)
+        configs.append(str(workdir / "extra.yaml"))
     cmd = [PYTHON, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(TEST_CONFIG), "--cores", "2", *args]
+           "--configfile", *configs, "--cores", "2", *args]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -97,7 +102,7 @@ def test_nothing_to_do_after_a_complete_run(pipeline):
 
 
 def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
-    result = snakemake(pipeline, "-n", "--config", "eval={batch_size: 64, max_new_tokens: 20}")
+    result = snakemake(pipeline, "-n", extra_config="eval: {batch_size: 64, max_new_tokens: 20}\n")
     counts = job_counts(result.stdout)
     assert counts.get("evaluate") == 2 and counts.get("table") == 1
     assert "train" not in counts and "prepare_data" not in counts
@@ -105,7 +110,7 @@ def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
 
 def test_a_bad_config_fails_before_any_job(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    result = snakemake(tmp_path, "-n", "--config", "train={lr: -1}", check=False)
+    result = snakemake(tmp_path, "-n", extra_config="train: {lr: -1.0}\n", check=False)
     assert result.returncode != 0
-    assert "lr" in result.stdout + result.stderr
+    assert "On instance['train']['lr']" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
