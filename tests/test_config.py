@@ -9,7 +9,7 @@ from atp.config import ConfigError, TrainConfig, job_config, resolve, to_datacla
 def test_defaults_fill_an_empty_config():
     cfg = resolve({})
     assert cfg["experiment"] == "default"
-    assert cfg["train"]["batch_size"] == 32
+    assert cfg["train"]["batch_size"] == 16
     assert set(cfg["data"]["suites"]) == {"test", "hard", "easy", "varied"}
     assert set(cfg["methods"]) == {"cot_sft", "nocot_sft"}
     assert cfg["methods"]["cot_sft"]["init"] is None

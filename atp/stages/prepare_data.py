@@ -15,7 +15,7 @@ from pathlib import Path
 
 from atp import cli
 from atp.config import split_specs
-from atp.data.records import file_digest, write_jsonl
+from atp.data.records import DataError, file_digest, write_jsonl
 from atp.runtime import write_json
 from atp.text import cot_target, normalise_question, prompt_text
 from atp.tracking import Tracker
@@ -112,8 +112,9 @@ def card_markdown(cards: list[dict]) -> str:
 def main(args, config: dict) -> None:
     out_dir = Path(args.out_dir)
     splits, skipped = build_splits(config)
-    if not splits["train"]:
-        raise SystemExit("the training split is empty")
+    empty = [name for name, records in splits.items() if not records]
+    if empty:
+        raise DataError(f"data.{empty[0]}", "the split is empty")
     tokenizer = make_tokenizer(config, splits["train"])
     cards = []
     for name, records in splits.items():  # written only after every split was read and checked

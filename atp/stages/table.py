@@ -20,7 +20,7 @@ def aggregate(metrics: list[dict], methods: dict) -> "object":
     """A DataFrame with one row per method: each suite's accuracy and tokens (mean, std over seeds) and averages."""
     import pandas as pd
 
-    suites = sorted({m["suite"] for m in metrics}, key=lambda s: [m["suite"] for m in metrics].index(s))
+    suites = list(dict.fromkeys(m["suite"] for m in metrics))  # in the order the workflow lists them
     rows = []
     for name, spec in methods.items():
         mine = [m for m in metrics if m["method"] == name]
