@@ -74,3 +74,11 @@ def test_excluded_questions_are_redrawn():
     seen = {normalise_question(r["question"]) for r in train}
     test = generate_split("test", SuiteSpec(n=50, max_ops=1, max_quantity=5), seed=0, exclude=seen)
     assert not seen & {normalise_question(r["question"]) for r in test}
+
+
+def test_suite_spec_defaults_equal_the_schema_defaults():
+    from dataclasses import asdict
+
+    from atp.config import resolve
+
+    assert asdict(SuiteSpec()) == resolve({})["data"]["synthetic"]
