@@ -66,18 +66,7 @@ def check(config: dict) -> None:
     for name, spec in split_specs(config).items():
         where = f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
         try:
-            if spec["source"] == "synthetic":
-                from atp.data.synthetic import SuiteSpec
-
-                SuiteSpec.from_dict({k: v for k, v in spec.items() if k != "source"})
-            else:
-                from atp.data.sources import SourceSpec
-
-                SourceSpec(**{k: v for k, v in spec.items() if k in SOURCE_KEYS})
-                if spec["source"] == "file" and "path" not in spec:
-                    raise ValueError("source 'file' needs 'path'")
-                if spec["source"] == "hub" and "hub_id" not in spec:
-                    raise ValueError("source 'hub' needs 'hub_id'")
+            split_source(spec)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"config key '{where}': {exc}") from None
     if set(data["suites"]) & {"train", "val"}:
@@ -117,6 +106,21 @@ def split_specs(config: dict) -> dict[str, dict]:
         else:
             merged[name] = dict(spec)
     return merged
+
+
+def split_source(spec: dict):
+    """The generator settings (SuiteSpec) or the file/hub source (SourceSpec) of one merged split spec."""
+    if spec["source"] == "synthetic":
+        from atp.data.synthetic import SuiteSpec
+
+        return SuiteSpec.from_dict({k: v for k, v in spec.items() if k != "source"})
+    from atp.data.sources import SourceSpec
+
+    if spec["source"] == "file" and "path" not in spec:
+        raise ValueError("source 'file' needs 'path'")
+    if spec["source"] == "hub" and "hub_id" not in spec:
+        raise ValueError("source 'hub' needs 'hub_id'")
+    return SourceSpec(**{k: v for k, v in spec.items() if k in SOURCE_KEYS})
 
 
 def method_train(config: dict, method: str) -> dict:

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 
 from atp import cli
-from atp.config import split_specs
+from atp.config import split_source, split_specs
 from atp.data.records import DataError, file_digest, write_jsonl
 from atp.runtime import write_json
 from atp.text import cot_target, normalise_question, prompt_text
@@ -25,7 +25,7 @@ log = logging.getLogger("atp.prepare_data")
 
 def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """All splits as contract records, in a fixed order; (records by split, skipped bad records by split)."""
-    from atp.data.sources import SourceSpec, load_source
+    from atp.data.sources import load_source
     from atp.data.synthetic import SuiteSpec, generate_split
 
     data = config["data"]
@@ -33,12 +33,11 @@ def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int]]:
     skipped: dict[str, int] = {}
     seen: set[str] = set()  # normalised questions of train (and val): kept out of later splits
     for name, spec in split_specs(config).items():
-        if spec["source"] == "synthetic":
-            suite = SuiteSpec.from_dict({k: v for k, v in spec.items() if k != "source"})
-            records = generate_split(name, suite, data["seed"], exclude=seen)
+        source = split_source(spec)
+        if isinstance(source, SuiteSpec):
+            records = generate_split(name, source, data["seed"], exclude=seen)
             skipped[name] = 0
         else:
-            source = SourceSpec(**{k: v for k, v in spec.items() if k in ("format", "path", "hub_id", "hub_config", "hub_split", "limit")})
             records, skipped[name] = load_source(source, name, skip_bad=data["skip_bad_records"])
             if name != "train":
                 leaked = [r for r in records if normalise_question(r["question"]) in seen]
