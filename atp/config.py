@@ -64,11 +64,10 @@ def check(config: dict) -> None:
     """Checks a JSON schema cannot express; raises ConfigError naming the key."""
     data = config["data"]
     for name, spec in split_specs(config).items():
-        where = f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
         try:
             split_source(spec)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"config key '{where}': {exc}") from None
+            raise ConfigError(f"config key '{split_key(name)}': {exc}") from None
     if set(data["suites"]) & {"train", "val"}:
         raise ConfigError("config key 'data.suites': suites may not be named 'train' or 'val'")
     methods = config["methods"]
@@ -91,6 +90,11 @@ def check(config: dict) -> None:
         raise ConfigError("config key 'model.num_heads': must divide model.hidden_size")
 
 
+def split_key(name: str) -> str:
+    """Where a split is configured: `data.train`, `data.val` or `data.suites.<name>`."""
+    return f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
+
+
 def split_specs(config: dict) -> dict[str, dict]:
     """Every split (train, val, each suite) with the synthetic defaults merged into synthetic ones."""
     data = config["data"]
@@ -100,8 +104,7 @@ def split_specs(config: dict) -> dict[str, dict]:
         if spec.get("source", "synthetic") == "synthetic":
             extra = [k for k in spec if k in SOURCE_KEYS]
             if extra:
-                where = f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
-                raise ConfigError(f"config key '{where}.{extra[0]}': not used by source 'synthetic'")
+                raise ConfigError(f"config key '{split_key(name)}.{extra[0]}': not used by source 'synthetic'")
             merged[name] = {"source": "synthetic", **data["synthetic"], **spec}
         else:
             merged[name] = dict(spec)

@@ -64,13 +64,20 @@ def _experiment_id(mlflow, name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
-def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
-    """Create the store, the MLflow experiment and the pipeline's parent run; write its ids to `out`."""
+def _open_experiment(mlflow_cfg: dict) -> tuple[str, str]:
+    """(tracking URI, experiment id) from the `mlflow` config section, creating the store and experiment if needed."""
     import mlflow
 
     uri = tracking_uri(mlflow_cfg["tracking_uri"])
     mlflow.set_tracking_uri(uri)
-    experiment_id = _retry(lambda: _experiment_id(mlflow, mlflow_cfg["experiment_name"], uri), "create experiment")
+    return uri, _retry(lambda: _experiment_id(mlflow, mlflow_cfg["experiment_name"], uri), "create experiment")
+
+
+def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
+    """Create the store, the MLflow experiment and the pipeline's parent run; write its ids to `out`."""
+    import mlflow
+
+    uri, experiment_id = _open_experiment(mlflow_cfg)
     git = git_info()
     tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
     run = _retry(
@@ -111,11 +118,8 @@ class Tracker:
             parent = read_json(self._parent)
             uri, experiment_id, parent_id = parent["tracking_uri"], parent["experiment_id"], parent["run_id"]
         else:
-            uri = tracking_uri(self._job_config["mlflow"]["tracking_uri"])
-            mlflow.set_tracking_uri(uri)
-            experiment_id = _retry(lambda: _experiment_id(mlflow, self._job_config["mlflow"]["experiment_name"], uri), "experiment")
+            uri, experiment_id = _open_experiment(self._job_config["mlflow"])
             parent_id = None
-        mlflow.set_tracking_uri(uri)
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         git = git_info()
         tags = {
