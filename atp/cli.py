@@ -26,6 +26,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def training_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every training stage takes (the `train` rule passes them all)."""
+    p = parser(description)
+    p.add_argument("--method", required=True, help="method name in the config's `methods`")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--init", default=None, help="model directory to start from (default: the base model)")
+    p.add_argument("--checkpoint-dir", default=None, help="resumable checkpoints (default: next to --out-dir)")
+    return p
+
+
 def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     """Parse arguments, load and resolve the config, run `main`; known input errors exit 2 with one line."""
     args = p.parse_args(argv)

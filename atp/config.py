@@ -20,6 +20,9 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 SYNTHETIC_KEYS = ("n", "min_ops", "max_ops", "max_quantity", "max_operand", "max_result", "varied_phrasing", "distractor", "question_first")
+# What a training or evaluation job reads of its method (a label or the enabled flag must not rerun it;
+# `init` arrives as an input path, `train` and `latent` merged into their sections).
+JOB_METHOD_KEYS = ("stage", "format", "variant")
 SOURCE_KEYS = ("format", "path", "hub_id", "hub_config", "hub_split", "limit")
 
 
@@ -81,6 +84,10 @@ def check(config: dict) -> None:
                 raise ConfigError(f"config key 'methods.{name}.init': methods start from each other in a cycle")
             seen.add(current)
             current = methods[current].get("init")
+        if method["stage"] == "latent_sft" and "variant" not in method:
+            raise ConfigError(f"config key 'methods.{name}.variant': a latent_sft method needs a variant")
+        if method["stage"] != "latent_sft" and ("variant" in method or method.get("latent")):
+            raise ConfigError(f"config key 'methods.{name}.variant': only latent_sft methods take a variant or latent settings")
         train = {**config["train"], **method.get("train", {})}
         micro = train.get("micro_batch_size")
         if micro is not None and train["batch_size"] % micro:
@@ -131,6 +138,14 @@ def method_train(config: dict, method: str) -> dict:
     return {**config["train"], **config["methods"][method].get("train", {})}
 
 
+def method_latent(config: dict, method: str) -> dict:
+    """The latent settings of a latent_sft method: `latent` updated with the method's overrides."""
+    spec = config["methods"][method]
+    merged = {**config["latent"], **spec.get("latent", {})}
+    merged["decoder"] = {**config["latent"]["decoder"], **spec.get("latent", {}).get("decoder", {})}
+    return merged
+
+
 def job_config(config: dict, job: str) -> dict:
     """The part of the pipeline config one job reads (a valid pipeline config itself).
 
@@ -144,10 +159,13 @@ def job_config(config: dict, job: str) -> dict:
         return {**base, "data": config["data"], "model": {"pretrained": model["pretrained"], "vocab_size": model["vocab_size"]}}
     kind, _, method = job.partition("_")
     if kind == "train" and method in config["methods"]:
-        spec = {k: v for k, v in config["methods"][method].items() if k != "train"}
-        return {**base, "model": config["model"], "train": method_train(config, method), "methods": {method: spec}}
+        spec = {k: v for k, v in config["methods"][method].items() if k in JOB_METHOD_KEYS}
+        job = {**base, "model": config["model"], "train": method_train(config, method), "methods": {method: spec}}
+        if spec["stage"] == "latent_sft":  # only latent methods read (and rerun on) the latent settings
+            job["latent"] = method_latent(config, method)
+        return job
     if kind == "eval" and method in config["methods"]:
-        spec = {k: v for k, v in config["methods"][method].items() if k != "train"}
+        spec = {k: v for k, v in config["methods"][method].items() if k in JOB_METHOD_KEYS}
         return {**base, "eval": config["eval"], "methods": {method: spec}}
     if job == "table":
         return {**base, "methods": config["methods"], "seeds": config["seeds"]}
@@ -159,20 +177,29 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load(path: str | Path) -> dict:
-    """Read a YAML config file (pipeline or job config) and resolve it."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+def merge(base: dict, overlay: dict) -> dict:
+    """`overlay` merged into `base` key by key, nested mappings included (as Snakemake merges --configfile)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def load(*paths: str | Path) -> dict:
+    """Read YAML config files (a pipeline or job config, then overlays merged over it) and resolve them."""
+    raw: dict = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = merge(raw, yaml.safe_load(handle) or {})
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
     try:
         return resolve(raw)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{', '.join(map(str, paths))}: {exc}") from None
 
 
 def dump(config: dict, path: str | Path) -> None:
@@ -246,3 +273,5 @@ class EvalConfig:
     batch_size: int
     max_new_tokens: int
     limit: int | None
+    samples: int
+    max_answer_tokens: int

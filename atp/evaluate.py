@@ -76,3 +76,58 @@ def score(records: list[dict], generations: Iterable[tuple[str, int]]) -> tuple[
         by_ops.setdefault(p["n_ops"], []).append(p["correct"])
     metrics["accuracy_by_steps"] = {str(k): sum(v) / len(v) for k, v in sorted(by_ops.items())}
     return predictions, metrics
+
+
+# ---------------------------------------------------------------- latent models
+
+
+@torch.no_grad()
+def latent_generate(model, tokenizer, questions: list[str], mode: str, seed: int, batch_size: int, max_answer_tokens: int, device, progress: bool = False) -> list[dict]:
+    """Latent reasoning + greedy answer per question: answer text, answer tokens, latents, decoded steps.
+
+    `mode`: `sample` (latents drawn from the latent head's Gaussian with `seed`) or `mu`.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    encoded = [prompt_ids(tokenizer, q) for q in questions]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[dict | None] = [None] * len(encoded)
+    for start in tqdm(range(0, len(order), batch_size), desc=f"latent {mode}", disable=not progress, mininterval=2.0):
+        rows = order[start : start + batch_size]
+        outs = model.generate([encoded[i] for i in rows], mode=mode, generator=generator, max_answer_tokens=max_answer_tokens)
+        steps = model.decode_steps([o["feeds"] for o in outs], tokenizer)
+        for i, o, s in zip(rows, outs, steps):
+            results[i] = {"text": tokenizer.decode(o["answer_ids"], skip_special_tokens=True), "answer_tokens": len(o["answer_ids"]), "latents": o["latents"], "steps": s}
+    return results  # type: ignore[return-value]
+
+
+def step_fidelity(step: str, gold_steps: list[str]) -> bool:
+    """A decoded latent step is faithful when its equation is true and its result is one of the
+    gold CoT's intermediate results (the same for every equivalent label of the problem)."""
+    from atp.text import equation_holds, parse_equation
+
+    if not equation_holds(step):
+        return False
+    result = parse_equation(step)[3]
+    golds = [parse_equation(g) for g in gold_steps]
+    return any(g is not None and numbers_equal(result, g[3]) for g in golds)
+
+
+def score_latent(records: list[dict], generations: list[dict]) -> tuple[list[dict], dict]:
+    """`score` with the paper's #tokens (latents + answer tokens), plus latents, decoded steps and fidelity."""
+    predictions, metrics = score(records, [(g["text"], g["latents"] + g["answer_tokens"]) for g in generations])
+    by_index: dict[int, list[bool]] = {}
+    for p, g, r in zip(predictions, generations, records):
+        faithful = [step_fidelity(s, r["steps"]) for s in g["steps"]]
+        p.update(latents=g["latents"], answer_tokens=g["answer_tokens"], latent_steps=g["steps"], faithful_steps=faithful)
+        for i, f in enumerate(faithful, start=1):
+            by_index.setdefault(i, []).append(f)
+    n = len(predictions)
+    metrics["latents"] = statistics.fmean(g["latents"] for g in generations) if n else 0.0
+    metrics["answer_tokens"] = statistics.fmean(g["answer_tokens"] for g in generations) if n else 0.0
+    flat = [f for v in by_index.values() for f in v]
+    metrics["fidelity"] = sum(flat) / len(flat) if flat else None
+    metrics["fidelity_by_step"] = {str(k): sum(v) / len(v) for k, v in sorted(by_index.items())}
+    return predictions, metrics

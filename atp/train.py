@@ -78,6 +78,27 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+class TokenObjective:
+    """Next-token cross-entropy on the labelled tokens, a per-token mean over the effective batch.
+
+    An objective tells the loop two things: `totals` (the normalisers of one effective
+    batch, counted before it is split) and `loss` (one micro-batch's share of the
+    batch loss, plus its named parts, each already divided by those totals), so that
+    summing over micro-batches and processes gives the same number however it is split.
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def totals(self, items: list[Example], step: int) -> dict[str, float]:
+        return {"tokens": sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in items)}
+
+    def loss(self, model, items: list[Example], totals: dict[str, float], step: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = {key: value.to(device) for key, value in collate(items, self.pad_id).items()}
+        loss = token_loss_sum(model, batch) / totals["tokens"]
+        return loss, {"loss": loss.detach()}
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to `min_lr_ratio` (step counts from 0)."""
     warmup = int(cfg.warmup_ratio * cfg.steps)
@@ -130,24 +151,29 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
 
 def train(
     model,
-    examples: list[Example],
+    items: list,
     cfg: TrainConfig,
     dist: Dist,
     seed: int,
     ckpt_dir: Path,
-    pad_id: int,
+    objective,
     tracker,
     meta: dict,
+    lengths: list[int] | None = None,
     on_log: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Train `model` for `cfg.steps` steps, resuming from the newest checkpoint in `ckpt_dir`.
+    """Train `model` on `items` for `cfg.steps` steps, resuming from the newest checkpoint in `ckpt_dir`.
 
-    Returns final metrics (train/loss over the last log window, timing).
+    `objective` turns items into a loss (see TokenObjective); `lengths` (default: the
+    items' input lengths) groups batches by length. Every named part of the loss is
+    logged as `train/<part>`. Returns the metrics of the last log window.
     """
     from tqdm import tqdm
 
     micro, accumulation = cfg.accumulation(dist.world_size)
-    schedule = batch_schedule([len(e.input_ids) for e in examples], cfg.batch_size, cfg.steps, seed)
+    if lengths is None:
+        lengths = [len(e.input_ids) for e in items]
+    schedule = batch_schedule(lengths, cfg.batch_size, cfg.steps, seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     start = 0
@@ -160,27 +186,30 @@ def train(
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
     model.train()
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    window_loss, window_tokens, window_start = 0.0, 0, time.time()
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.time()
     metrics: dict[str, float] = {"train/resumed_from_step": start}
     progress = tqdm(total=cfg.steps, initial=start, desc="train", disable=not dist.is_main, mininterval=2.0)
     for step in range(start, cfg.steps):
-        batch_ids = schedule[step]
-        total_tokens = sum(sum(1 for t in examples[i].labels[1:] if t != IGNORE) for i in batch_ids)
-        mine = batch_ids[dist.rank * micro * accumulation : (dist.rank + 1) * micro * accumulation]
+        batch_items = [items[i] for i in schedule[step]]
+        totals = objective.totals(batch_items, step)
+        mine = batch_items[dist.rank * micro * accumulation : (dist.rank + 1) * micro * accumulation]
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg)
-        step_loss = torch.zeros((), device=dist.device)
+        parts: dict[str, torch.Tensor] = {}
         for k in range(accumulation):
-            batch = collate([examples[i] for i in mine[k * micro : (k + 1) * micro]], pad_id)
-            batch = {key: value.to(dist.device) for key, value in batch.items()}
             with autocast:
-                loss_sum = token_loss_sum(ddp_model, batch)
+                loss, micro_parts = objective.loss(ddp_model, mine[k * micro : (k + 1) * micro], totals, step, dist.device)
             # DDP averages gradients over processes; scale so the result is the mean over the effective batch.
-            (loss_sum * dist.world_size / total_tokens).backward()
-            step_loss += loss_sum.detach()
+            (loss * dist.world_size).backward()
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0) + value.detach().float()
+        names = sorted(parts)
+        stacked = torch.stack([parts[n] for n in names]).to(dist.device)
         if dist.world_size > 1:
-            torch.distributed.all_reduce(step_loss)
-        loss_value = step_loss.item() / total_tokens
+            torch.distributed.all_reduce(stacked)
+        values = dict(zip(names, stacked.tolist()))
+        loss_value = values["loss"]
         # The norm is computed even without clipping: a non-finite gradient must never reach the weights.
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).item()
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
@@ -190,23 +219,20 @@ def train(
             )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        window_loss += loss_value * total_tokens
-        window_tokens += total_tokens
+        for name, value in values.items():
+            window[name] = window.get(name, 0.0) + value
+        window_steps += 1
         progress.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             elapsed = time.time() - window_start
-            metrics = {
-                "train/loss": window_loss / window_tokens,
-                "train/lr": optimizer.param_groups[0]["lr"],
-                "train/grad_norm": grad_norm,
-                "train/target_tokens_per_s": window_tokens / max(elapsed, 1e-9),
-            }
+            metrics = {f"train/{name}": total / window_steps for name, total in window.items()}
+            metrics.update({"train/lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm, "train/steps_per_s": window_steps / max(elapsed, 1e-9)})
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
             tracker.log_metrics(metrics, step=done)
             if on_log is not None:
                 on_log(done, metrics)
-            window_loss, window_tokens, window_start = 0.0, 0, time.time()
+            window, window_steps, window_start = {}, 0, time.time()
         if dist.is_main and (done % cfg.checkpoint_every == 0 and done < cfg.steps):
             save_checkpoint(ckpt_dir, done, model, optimizer, meta, cfg.keep_checkpoints)
     progress.close()

@@ -88,5 +88,8 @@ def test_load_reports_the_file(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    for name in ("config/config.yaml", ".test/config/config.yaml"):
-        config.load(config.SCHEMA_PATH.parents[2] / name)
+    root = config.SCHEMA_PATH.parents[2]
+    config.load(root / "config" / "config.yaml")
+    for overlay in (".test/config/config.yaml", "config/extended.yaml"):  # merged over the default, as Snakemake does
+        merged = config.load(root / "config" / "config.yaml", root / overlay)
+        assert merged["experiment"] != "default" and len(merged["methods"]) == 9

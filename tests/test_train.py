@@ -9,7 +9,7 @@ from atp import modeling
 from atp.config import TrainConfig, to_dataclass
 from atp.runtime import Dist, seed_everything
 from atp.stages.sft import encode_examples
-from atp.train import IGNORE, NonFiniteLoss, batch_schedule, checkpoints, lr_factor, train
+from atp.train import IGNORE, NonFiniteLoss, TokenObjective, batch_schedule, checkpoints, lr_factor, train
 
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -52,7 +52,7 @@ def test_training_changes_parameters_and_lowers_a_finite_loss(tiny_data, tmp_pat
     model, examples, cfg, tok = _setup(tiny_data, fmt, steps=30, lr=3e-3, log_every=5, checkpoint_every=100)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     recorder = Recorder()
-    metrics = train(model, examples, cfg, CPU, 0, tmp_path / "ckpt", tok.pad_token_id, recorder, {})
+    metrics = train(model, examples, cfg, CPU, 0, tmp_path / "ckpt", TokenObjective(tok.pad_token_id), recorder, {})
     losses = [m["train/loss"] for _, m in recorder.logged]
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0]
@@ -64,7 +64,7 @@ def test_training_changes_parameters_and_lowers_a_finite_loss(tiny_data, tmp_pat
 def test_resume_from_checkpoint_is_exact(tiny_data, tmp_path):
     """Interrupted after step 6 and resumed == uninterrupted, bit for bit on CPU."""
     model_a, examples, cfg, tok = _setup(tiny_data, steps=10, checkpoint_every=3, keep_checkpoints=2)
-    train(model_a, examples, cfg, CPU, 0, tmp_path / "a", tok.pad_token_id, Recorder(), {})
+    train(model_a, examples, cfg, CPU, 0, tmp_path / "a", TokenObjective(tok.pad_token_id), Recorder(), {})
 
     model_b, _, cfg_b, _ = _setup(tiny_data, steps=10, checkpoint_every=3, keep_checkpoints=2)
 
@@ -76,11 +76,11 @@ def test_resume_from_checkpoint_is_exact(tiny_data, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(model_b, examples, cfg_b, CPU, 0, tmp_path / "b", tok.pad_token_id, Recorder(), {}, on_log=stop_after_seven)
+        train(model_b, examples, cfg_b, CPU, 0, tmp_path / "b", TokenObjective(tok.pad_token_id), Recorder(), {}, on_log=stop_after_seven)
     saved = [int(p.name[5:]) for p in checkpoints(tmp_path / "b")]
     assert saved == [3, 6]  # keep_checkpoints=2
     model_c, _, _, _ = _setup(tiny_data)
-    metrics = train(model_c, examples, cfg_b, CPU, 0, tmp_path / "b", tok.pad_token_id, Recorder(), {})
+    metrics = train(model_c, examples, cfg_b, CPU, 0, tmp_path / "b", TokenObjective(tok.pad_token_id), Recorder(), {})
     assert metrics["train/resumed_from_step"] == 6
     for (name, a), (_, c) in zip(model_a.state_dict().items(), model_c.state_dict().items()):
         assert torch.equal(a, c), name
@@ -95,7 +95,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_data, tmp_path
                 model.get_input_embeddings().weight.fill_(float("nan"))
 
     with pytest.raises(NonFiniteLoss, match="step 6"):
-        train(model, examples, cfg, CPU, 0, tmp_path / "c", tok.pad_token_id, Recorder(), {}, on_log=poison)
+        train(model, examples, cfg, CPU, 0, tmp_path / "c", TokenObjective(tok.pad_token_id), Recorder(), {}, on_log=poison)
     last = checkpoints(tmp_path / "c")[-1]
     assert last.name == "step_0000004"
     from safetensors.torch import load_file

@@ -65,7 +65,13 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
         predictions = (exp / "eval" / "cot_sft" / "seed0" / suite / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == 40 and {"gold", "prediction", "generation"} <= set(json.loads(predictions[0]))
     csv = (exp / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("method,label,seeds") and len(csv) == 3
+    assert csv[0].startswith("method,label,seeds") and len(csv) == 6
+    rows = [line.split(",")[0] for line in csv[1:]]
+    assert rows == ["cot_sft", "nocot_sft", "nocot_ft", "pause", "atp"]  # the config's order
+    latent = json.loads((exp / "eval" / "atp" / "seed0" / "test" / "metrics.json").read_text())
+    assert latent["samples"] == 2 and latent["tokens"] == pytest.approx(latent["latents"] + latent["answer_tokens"])
+    assert (exp / "train" / "atp" / "seed0" / "model" / "latent.json").exists()
+    assert "Step-decoding fidelity" in table
     assert (exp / "data" / "card.md").exists() and (exp / "data" / "tokenizer" / "tokenizer.json").exists()
     assert (exp / "train" / "cot_sft" / "seed0" / "model" / "model.safetensors").exists()
     assert (exp / "benchmarks" / "train" / "cot_sft" / "seed0.tsv").exists()
@@ -79,7 +85,7 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
     stages = sorted(run.data.tags["stage"] for run in children)
-    assert stages == ["data", "evaluate", "evaluate", "sft_cot", "sft_nocot", "table"]
+    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + ["sft_cot", "sft_nocot", "sft_nocot", "table"]
     for run in children:
         tags = run.data.tags
         assert run.info.status == "FINISHED"
@@ -104,8 +110,19 @@ def test_nothing_to_do_after_a_complete_run(pipeline):
 def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
     result = snakemake(pipeline, "-n", extra_config="eval: {batch_size: 64, max_new_tokens: 20}\n")
     counts = job_counts(result.stdout)
-    assert counts.get("evaluate") == 2 and counts.get("table") == 1
+    assert counts.get("evaluate") == 5 and counts.get("table") == 1
     assert "train" not in counts and "prepare_data" not in counts
+
+
+def test_changing_a_latent_setting_reruns_only_the_latent_stages_their_evaluations_and_table(pipeline):
+    result = snakemake(pipeline, "-n", extra_config="latent: {beta: 0.01}\n")
+    counts = job_counts(result.stdout)
+    assert counts.get("train") == 2 and counts.get("evaluate") == 2 and counts.get("table") == 1  # pause and atp
+    assert "prepare_data" not in counts
+    for method in ("pause", "atp"):
+        assert f"method={method}, seed=0" in result.stdout
+    for method in ("cot_sft", "nocot_sft", "nocot_ft"):
+        assert f"wildcards: exp=test, method={method}," not in result.stdout
 
 
 def test_a_bad_config_fails_before_any_job(tmp_path):

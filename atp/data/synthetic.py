@@ -106,10 +106,10 @@ class SuiteSpec:
 
     n: int = 500
     min_ops: int = 1
-    max_ops: int = 4
-    max_quantity: int = 20  # leaves of + and - (and the left side of * and /)
-    max_operand: int = 9  # multipliers and divisors are 2..max_operand
-    max_result: int = 200  # every intermediate result stays in 1..max_result
+    max_ops: int = 3
+    max_quantity: int = 10  # leaves of + and - (and the left side of * and /)
+    max_operand: int = 5  # multipliers and divisors are 2..max_operand
+    max_result: int = 60  # every intermediate result stays in 1..max_result
     varied_phrasing: float = 0.0  # chance that a sentence uses a held-out template
     distractor: float = 0.0  # chance of one irrelevant sentence
     question_first: float = 0.0  # chance that the question opens the problem

@@ -1,15 +1,20 @@
-"""Evaluate one trained model on every suite: greedy decoding, answer parsing, accuracy, tokens.
+"""Evaluate one trained model on every suite: decoding, answer parsing, accuracy, tokens.
 
     python -m atp.stages.evaluate --config job.yaml --method cot_sft --seed 0 \
         --model results/<exp>/train/cot_sft/seed0/model --data-dir results/<exp>/data \
         --suites test hard easy varied --out-dir results/<exp>/eval/cot_sft/seed0
 
+Language models are decoded greedily. Latent models run the latent loop in the
+deterministic `mu` mode and, for variants with sampled latents, `eval.samples` times
+with sampled latents (seeds 0..R-1): accuracy is the mean over the sampled runs,
+with its standard deviation; #tokens = latents + answer tokens (the paper's count).
 Writes <out-dir>/<suite>/predictions.jsonl and <out-dir>/<suite>/metrics.json.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from pathlib import Path
 
@@ -21,16 +26,52 @@ from atp.runtime import compute_init, seed_everything, write_json
 log = logging.getLogger("atp.evaluate")
 
 
-def main(args, config: dict) -> None:
+def evaluate_language(model, tokenizer, records: list[dict], eval_cfg: EvalConfig, device) -> tuple[list[dict], dict]:
     from atp.evaluate import greedy_generate, score
+
+    generations = greedy_generate(model, tokenizer, [r["question"] for r in records], eval_cfg.max_new_tokens, eval_cfg.batch_size, device, progress=True)
+    return score(records, generations)
+
+
+def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig, device) -> tuple[list[dict], dict]:
+    """mu mode, then R sampled runs for stochastic variants; predictions from the first run that counts."""
+    from atp.evaluate import latent_generate, score_latent
+
+    questions = [r["question"] for r in records]
+
+    def run(mode: str, seed: int):
+        return score_latent(records, latent_generate(model, tokenizer, questions, mode, seed, eval_cfg.batch_size, eval_cfg.max_answer_tokens, device, progress=True))
+
+    mu_predictions, mu_metrics = run("mu", 0)
+    if not model.cfg.spec.stochastic:
+        return mu_predictions, {**mu_metrics, "accuracy_mu": mu_metrics["accuracy"], "accuracy_std": 0.0, "samples": 0}
+    runs = [run("sample", seed) for seed in range(eval_cfg.samples)]
+    predictions, metrics = runs[0]
+    for p, q in zip(predictions, mu_predictions):
+        p["correct_mu"] = q["correct"]
+    accuracies = [m["accuracy"] for _, m in runs]
+    for key in ("accuracy", "tokens", "latents", "answer_tokens", "format_rate"):
+        metrics[key] = statistics.fmean(m[key] for _, m in runs)
+    metrics["accuracy_std"] = statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0
+    metrics["accuracy_runs"] = accuracies
+    metrics["accuracy_mu"] = mu_metrics["accuracy"]
+    metrics["tokens_mu"] = mu_metrics["tokens"]
+    metrics["samples"] = len(runs)
+    return predictions, metrics
+
+
+def main(args, config: dict) -> None:
+    from atp.latent import is_latent, load_latent
     from atp.modeling import load_model
     from atp.tracking import Tracker
 
     eval_cfg = to_dataclass(EvalConfig, config["eval"], "eval")
     dist = compute_init(args.threads)
     seed_everything(args.seed)
-    model, tokenizer = load_model(args.model)
+    latent = is_latent(args.model)
+    model, tokenizer = load_latent(args.model) if latent else load_model(args.model)
     model.to(dist.device)
+    evaluate = evaluate_latent if latent else evaluate_language
     out_dir = Path(args.out_dir)
     tags = {"rule": args.rule or "evaluate", "wildcards": args.wildcards, "seed": args.seed, "method": args.method}
     with Tracker(config, "evaluate", args.parent, f"eval-{args.method}-seed{args.seed}", tags, enabled=not args.no_tracking) as tracker:
@@ -39,22 +80,15 @@ def main(args, config: dict) -> None:
             if eval_cfg.limit is not None:
                 records = records[: eval_cfg.limit]
             started = time.time()
-            generations = greedy_generate(
-                model, tokenizer, [r["question"] for r in records], eval_cfg.max_new_tokens, eval_cfg.batch_size, dist.device, progress=True
-            )
-            predictions, metrics = score(records, generations)
+            predictions, metrics = evaluate(model, tokenizer, records, eval_cfg, dist.device)
             seconds = time.time() - started
             write_jsonl(out_dir / suite / "predictions.jsonl", predictions)
             write_json(out_dir / suite / "metrics.json", {"method": args.method, "seed": args.seed, "suite": suite, **metrics})
             log.info("%s on %s: accuracy %.4f, %.1f tokens, %.1fs", args.method, suite, metrics["accuracy"], metrics["tokens"], seconds)
-            tracker.log_metrics(
-                {
-                    f"eval/{suite}/accuracy": metrics["accuracy"],
-                    f"eval/{suite}/tokens": metrics["tokens"],
-                    f"eval/{suite}/format_rate": metrics["format_rate"],
-                    f"eval/{suite}/seconds": seconds,
-                }
-            )
+            scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+            for key in ("fidelity_by_step", "accuracy_by_steps"):
+                scalars.update({f"{key}/{k}": v for k, v in metrics.get(key, {}).items()})
+            tracker.log_metrics({f"eval/{suite}/{k}": v for k, v in {**scalars, "seconds": seconds}.items()})
             tracker.log_artifact(out_dir / suite / "predictions.jsonl", f"predictions/{suite}")
 
 

@@ -16,13 +16,25 @@ from atp.runtime import git_info, read_json
 log = logging.getLogger("atp.table")
 
 
+# Rows as in the paper's Table 1: language baselines, the two controls, then latent methods and ablations.
+VARIANT_ORDER = ["pause", "coconut", "simcot", "atp", "atp_no_vae", "atp_no_stop"]
+
+
+def row_order(name: str, spec: dict) -> tuple:
+    if spec.get("stage", "sft") == "sft":
+        return (0, spec.get("format", "cot") != "cot", spec.get("init") is not None, name)
+    variant = spec.get("variant", "")
+    return (1, VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), name)
+
+
 def aggregate(metrics: list[dict], methods: dict) -> "object":
     """A DataFrame with one row per method: each suite's accuracy and tokens (mean, std over seeds) and averages."""
     import pandas as pd
 
     suites = list(dict.fromkeys(m["suite"] for m in metrics))  # in the order the workflow lists them
     rows = []
-    for name, spec in methods.items():
+    for name in sorted(dict.fromkeys(m["method"] for m in metrics), key=lambda n: row_order(n, methods.get(n, {}))):
+        spec = methods.get(name, {})
         mine = [m for m in metrics if m["method"] == name]
         if not mine:
             continue
@@ -37,12 +49,20 @@ def aggregate(metrics: list[dict], methods: dict) -> "object":
             accuracy = [100 * m["accuracy"] for m in mine if m["suite"] == suite]
             tokens = [m["tokens"] for m in mine if m["suite"] == suite]
             row[f"{suite}_acc"] = statistics.fmean(accuracy)
-            row[f"{suite}_acc_std"] = statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0
+            # Over training seeds; with one seed, over the sampled-latent evaluations (0 when deterministic).
+            sampled = [m.get("accuracy_std", 0.0) * 100 for m in mine if m["suite"] == suite]
+            row[f"{suite}_acc_std"] = statistics.stdev(accuracy) if len(accuracy) > 1 else sampled[0]
             row[f"{suite}_tokens"] = statistics.fmean(tokens)
+            latents = [m["latents"] for m in mine if m["suite"] == suite and "latents" in m]
+            row[f"{suite}_latents"] = statistics.fmean(latents) if latents else None
+            for m in mine:
+                if m["suite"] == suite and m.get("fidelity_by_step"):
+                    for step, value in m["fidelity_by_step"].items():
+                        row.setdefault(f"{suite}_fidelity_step{step}", []).append(100 * value)
         row["avg_acc"] = statistics.fmean(per_seed_avg_acc)
         row["avg_acc_std"] = statistics.stdev(per_seed_avg_acc) if len(per_seed_avg_acc) > 1 else 0.0
         row["avg_tokens"] = statistics.fmean(per_seed_avg_tok)
-        rows.append(row)
+        rows.append({k: statistics.fmean(v) if isinstance(v, list) else v for k, v in row.items()})
     return pd.DataFrame(rows).round(4), suites
 
 
@@ -52,16 +72,36 @@ def markdown(frame, suites: list[str], provenance: str) -> str:
     for _, row in frame.iterrows():
         cells = [row["label"]]
         for s in suites + ["avg"]:
-            std = row[f"{s}_acc_std"]
-            cells.append(f"{row[f'{s}_acc']:.1f} ± {std:.1f}" if row["seeds"] > 1 else f"{row[f'{s}_acc']:.1f}")
+            cells.append(f"{row[f'{s}_acc']:.1f} ± {row[f'{s}_acc_std']:.1f}")
         cells += [f"{row[f'{s}_tokens']:.1f}" for s in suites] + [f"{row['avg_tokens']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = int(frame["seeds"].max()) if len(frame) else 0
     note = (
-        f"\nAccuracy in %, mean{' ± std' if seeds > 1 else ''} over {seeds} training seed(s); "
-        "#tok = generated tokens per question (CoT and answer, EOS excluded).\n"
+        f"\nAccuracy in %, mean ± std over {seeds} training seed(s)"
+        + (" (with one seed: ± std over the sampled-latent evaluations, 0 for deterministic models)" if seeds == 1 else "")
+        + ". #tok = generated tokens per question: CoT and answer for language models; latents used and answer"
+        " tokens for latent models (the paper's count). EOS excluded.\n"
     )
-    return "# Results\n\n" + "\n".join(lines) + "\n" + note + provenance
+    return "# Results\n\n" + "\n".join(lines) + "\n" + note + fidelity_markdown(frame, suites) + provenance
+
+
+def fidelity_markdown(frame, suites: list[str]) -> str:
+    """Step-decoding fidelity by latent-step index on the first suite, for models with a step decoder."""
+    suite = suites[0] if suites else None
+    columns = sorted((c for c in frame.columns if suite and c.startswith(f"{suite}_fidelity_step")), key=lambda c: int(c.rsplit("step", 1)[1]))
+    rows = [row for _, row in frame.iterrows() if any(row.get(c) == row.get(c) and row.get(c) is not None for c in columns)]
+    if not rows:
+        return ""
+    header = ["Method", f"{suite} latents"] + [f"step {c.rsplit('step', 1)[1]}" for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], f"{row[f'{suite}_latents']:.2f}"]
+        cells += ["-" if row.get(c) is None or row.get(c) != row.get(c) else f"{row[c]:.1f}" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        f"\n## Step-decoding fidelity on `{suite}` (%)\n\nShare of decoded latent steps whose equation is true and whose "
+        "result is an intermediate result of the gold CoT, by step index.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main(args, config: dict) -> None:

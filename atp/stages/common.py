@@ -1,0 +1,55 @@
+"""What every training stage does around its loop: set-up, run tags, and the final files.
+
+Keeping it in one place makes the SFT and latent stages write the same kind of
+metrics.json (only what a rerun reproduces exactly) and log the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from atp.config import TrainConfig, config_hash, to_dataclass
+from atp.runtime import Dist, compute_init, seed_everything, write_json
+
+
+@dataclass
+class StageSetup:
+    dist: Dist
+    method: dict
+    train_cfg: TrainConfig
+    data_dir: Path
+    out_dir: Path
+    ckpt_dir: Path
+    tokenizer: object
+    meta: dict
+    tags: dict
+
+
+def setup(args, config: dict) -> StageSetup:
+    """Processes, seed, the method's settings, folders and the tokenizer of a training stage."""
+    from atp import modeling
+
+    dist = compute_init(args.threads)
+    seed_everything(args.seed)
+    out_dir = Path(args.out_dir)
+    return StageSetup(
+        dist=dist,
+        method=config["methods"][args.method],
+        train_cfg=to_dataclass(TrainConfig, config["train"], "train"),
+        data_dir=Path(args.data_dir),
+        out_dir=out_dir,
+        ckpt_dir=Path(args.checkpoint_dir or out_dir.parent / f".checkpoints_{out_dir.name}"),
+        tokenizer=modeling.load_tokenizer(Path(args.data_dir) / "tokenizer"),
+        meta={"method": args.method, "seed": args.seed, "config_hash": config_hash(config), "config": config},
+        tags={"rule": args.rule or "train", "wildcards": args.wildcards, "seed": args.seed, "method": args.method},
+    )
+
+
+def write_metrics(metrics: dict, out_dir: Path, tracker, step: int) -> None:
+    """metrics.json holds only what a rerun reproduces exactly; timings go to MLflow and the benchmark file."""
+    stable = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
+    write_json(out_dir / "metrics.json", stable)
+    tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("val/", "train/seconds"))}, step=step)
+    tracker.log_artifact(out_dir / "metrics.json")
+    tracker.log_artifact(out_dir / "model" / "meta.json")

@@ -1,0 +1,189 @@
+"""The latent reasoner: the cached loop, the curriculum layout, the stop head, every variant, save/load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from atp import modeling
+from atp.config import TrainConfig, to_dataclass
+from atp.evaluate import latent_generate, score_latent, step_fidelity
+from atp.latent import (
+    ABSENT,
+    ACTIVE,
+    IGNORE,
+    MASKED,
+    VARIANTS,
+    LatentConfig,
+    LatentObjective,
+    LatentReasoner,
+    LatentRecord,
+    encode_latent_records,
+    layout,
+    load_latent,
+    save_latent,
+)
+from atp.runtime import Dist, seed_everything
+from atp.train import train
+
+CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+
+
+class Recorder:
+    def __init__(self):
+        self.logged = []
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, dict(metrics)))
+
+
+def make(tiny_data, variant: str, **overrides):
+    cfg, splits, tok = tiny_data
+    seed_everything(0)
+    latent_cfg = LatentConfig(variant=variant, decoder=TINY_DECODER, **overrides)
+    model = LatentReasoner(modeling.build_model(cfg["model"], tok), latent_cfg, tok)
+    records, _ = encode_latent_records(splits["train"][:64], tok, 256, latent_cfg)
+    return model, records, tok
+
+
+# ---------------------------------------------------------------- the layout
+
+
+def record(n_steps: int) -> LatentRecord:
+    steps = [[10 + i, 1] for i in range(n_steps)]  # token 1 stands for the newline
+    return LatentRecord(index=0, prompt=[5, 6], steps=steps, step_texts=[[10 + i] for i in range(n_steps)], answer=[7, 8, 99], answer_text=[7, 8])
+
+
+EOS, EOT = 99, 98
+
+
+def test_stage_k_makes_the_first_k_steps_latent_and_keeps_the_rest_as_text():
+    cfg = LatentConfig(variant="atp", c=2, max_steps=4)
+    lay = layout(record(3), 1, cfg, EOS, EOT)
+    assert lay.slot_state == [ACTIVE, ACTIVE]
+    assert lay.suffix == [EOT, 11, 1, 12, 1, 7, 8, 99]
+    assert lay.decoder_targets == [[10, EOS]] and lay.stop_labels == [0]
+    lay = layout(record(3), 2, cfg, EOS, EOT)
+    assert lay.slot_state == [ACTIVE] * 4 and lay.suffix == [EOT, 12, 1, 7, 8, 99]
+
+
+def test_the_last_stage_pads_to_c_times_s_slots_per_variant():
+    rec = record(3)
+    atp = layout(rec, 4, LatentConfig(variant="atp", c=2, max_steps=4), EOS, EOT)
+    assert atp.slot_state == [ACTIVE] * 6 + [MASKED] * 2  # surplus slots leave the context; the stop head learns them
+    assert atp.suffix == [EOT, 7, 8, 99]
+    assert atp.decoder_targets == [[10, EOS], [11, EOS], [12, EOS], [EOS]] and atp.stop_labels == [0, 0, 0, 1]
+    coconut = layout(rec, 4, LatentConfig(variant="coconut", c=2, max_steps=4), EOS, EOT)
+    assert coconut.slot_state == [ACTIVE] * 8  # fixed budget: the step count does not leak
+    simcot = layout(rec, 4, LatentConfig(variant="simcot", c=2, max_steps=4), EOS, EOT)
+    assert simcot.decoder_targets[-1] == [7, 8, EOS]  # the surplus step decodes a pseudo-step holding the answer
+
+
+def test_steps_beyond_s_join_the_last_decoder_target():
+    lay = layout(record(5), 3, LatentConfig(variant="atp", c=1, max_steps=3), EOS, EOT)
+    assert lay.slot_state == [ACTIVE] * 3 and lay.suffix == [EOT, 7, 8, 99]
+    assert lay.decoder_targets == [[10, EOS], [11, EOS], [12, 13, 14, EOS]]
+
+
+def test_a_batch_aligns_slots_and_takes_no_loss_on_eot_or_padding(tiny_data):
+    model, records, _ = make(tiny_data, "atp", c=2, max_steps=4)
+    few = [r for r in records if len(r.steps) == 1][:1] + [r for r in records if len(r.steps) == 3][:1]
+    batch = model.batch(few, [2, 2], "cpu")
+    assert batch["state"].tolist() == [[ACTIVE, ACTIVE, ABSENT, ABSENT], [ACTIVE] * 4]
+    assert (batch["prefix"][:, -1] == model.bot_id).all()  # left-padded: <bot> in the same column
+    first = batch["layouts"][0].suffix
+    assert batch["labels"][0, : len(first) - 1].tolist() == first[1:]  # the token after <eot> on
+    assert (batch["labels"][0, len(first) - 1 :] == IGNORE).all()
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@pytest.mark.parametrize("variant", ["coconut", "atp", "pause"])
+def test_the_cached_loop_equals_full_recomputation(tiny_data, variant):
+    """Tolerance 1e-5: the two paths sum the same float32 products in a different order."""
+    model, records, _ = make(tiny_data, variant, c=2, max_steps=4)
+    model.eval()
+    batch = model.batch(records[:6], [4] * 6, "cpu")
+    with torch.no_grad():
+        cached = model.run_suffix(model.run_prefix_and_slots(batch["prefix"], batch["prefix_mask"], batch["state"], mode="mu"), batch["suffix"], batch["suffix_mask"])
+        full = model.run_suffix(
+            model.run_prefix_and_slots(batch["prefix"], batch["prefix_mask"], batch["state"], mode="mu", use_cache=False), batch["suffix"], batch["suffix_mask"]
+        )
+    valid = batch["suffix_mask"].bool()
+    assert torch.allclose(cached[valid], full[valid], atol=1e-5), (cached[valid] - full[valid]).abs().max()
+
+
+def test_the_stop_head_spends_a_multiple_of_c_latents_never_more_than_c_times_s(tiny_data):
+    model, records, tok = make(tiny_data, "atp", c=2, max_steps=3)
+    model.eval()
+    prompts = [r.prompt for r in records[:16]]
+    last = model.stop_head[-1]
+    for bias, expected in ((-50.0, {6}), (50.0, {0}), (0.0, None)):
+        with torch.no_grad():
+            last.weight.mul_(0.0 if expected else 1.0)
+            last.bias.copy_(torch.tensor([0.0, bias]))
+            if expected is None:  # random decisions: any multiple of c up to c*S
+                last.weight.normal_(0, 5.0)
+        used = [o["latents"] for o in model.generate(prompts, mode="sample", generator=torch.Generator().manual_seed(0))]
+        assert all(n % 2 == 0 and 0 <= n <= 6 for n in used), used
+        if expected is not None:
+            assert set(used) == expected
+
+
+def test_tokens_are_latents_plus_answer_tokens(tiny_data):
+    model, records, tok = make(tiny_data, "atp", c=1, max_steps=4)
+    _, splits, _ = tiny_data
+    val = splits["val"][:5]
+    generations = latent_generate(model, tok, [r["question"] for r in val], "sample", 0, 4, 6, "cpu")
+    _, metrics = score_latent(val, generations)
+    assert metrics["tokens"] == pytest.approx(metrics["latents"] + metrics["answer_tokens"])
+    assert all(len(g["steps"]) == g["latents"] for g in generations)  # c = 1: one decoded step per latent
+
+
+def test_step_fidelity_needs_a_true_equation_with_a_gold_intermediate_result():
+    gold = ["<<3*4=12>>", "<<12-5=7>>"]
+    assert step_fidelity("<<4*3=12>>", gold)  # an equivalent order still counts
+    assert not step_fidelity("<<3*4=13>>", gold)  # false arithmetic
+    assert not step_fidelity("<<2*6=12>>x", gold) and not step_fidelity("garbage", gold)
+    assert not step_fidelity("<<1+1=2>>", gold)  # true, but not a step of this problem
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_trains_with_finite_loss_and_round_trips_through_disk(tiny_data, variant, tmp_path):
+    model, records, tok = make(tiny_data, variant, c=1, max_steps=4, stage_steps=1)
+    cfg = to_dataclass(TrainConfig, {**tiny_data[0]["train"], "steps": 4, "log_every": 1, "checkpoint_every": 100}, "train")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recorder = Recorder()
+    objective = LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id)
+    train(model, records, cfg, CPU, 0, tmp_path / "ckpt", objective, recorder, {}, lengths=[len(r.prompt) for r in records])
+    losses = [m["train/loss"] for _, m in recorder.logged]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    expected_parts = {"ce"} | ({"kl"} if VARIANTS[variant].kl else set()) | ({"dec"} if VARIANTS[variant].decoder else set()) | ({"stop"} if VARIANTS[variant].stop else set())
+    assert expected_parts <= {k[6:] for k in recorder.logged[-1][1]}
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("backbone.") for k in changed)
+    if variant == "pause":
+        assert "pause" in changed
+    save_latent(model, tok, tmp_path / "model", {"variant": variant})
+    loaded, _ = load_latent(tmp_path / "model")
+    prompts = [r.prompt for r in records[:4]]
+    a = model.generate(prompts, mode="mu")
+    b = loaded.generate(prompts, mode="mu")
+    assert [x["answer_ids"] for x in a] == [x["answer_ids"] for x in b] and [x["latents"] for x in a] == [x["latents"] for x in b]
+
+
+def test_a_short_overfit_run_drives_the_decoder_loss_down(tiny_data, tmp_path):
+    model, records, tok = make(tiny_data, "atp", c=1, max_steps=4, stage_steps=0)
+    cfg = to_dataclass(TrainConfig, {**tiny_data[0]["train"], "steps": 30, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "log_every": 5, "checkpoint_every": 1000}, "train")
+    recorder = Recorder()
+    few = records[:4]  # one batch, seen 30 times
+    train(model, few, cfg, CPU, 0, tmp_path / "ckpt", LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id), recorder, {}, lengths=[1] * 4)
+    first, last = recorder.logged[0][1]["train/dec"], recorder.logged[-1][1]["train/dec"]
+    assert last < 0.5 * first, (first, last)
