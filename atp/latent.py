@@ -72,6 +72,7 @@ class LatentConfig:
     c: int = 2  # latents per reasoning step
     max_steps: int = 3  # S: at most S latent steps (c*S slots)
     beta: float = 1e-3  # weight of the KL term
+    decoder_weight: float = 1.0  # weight of the step-decoder loss (the paper's is 1)
     rescale: str = "none"  # none | embedding_norm: scale each fed-back vector to the mean token-embedding norm
     scale: float = 1.0  # multiplies every fed-back vector (CoLaR's embedding-std factor)
     head_hidden: int | None = None  # width of the latent and stop heads (None: the backbone's)
@@ -532,8 +533,8 @@ class LatentReasoner(nn.Module):
 class LatentObjective:
     """The latent-SFT loss of method.md section 5, normalised over the effective batch.
 
-    CE per target token + beta * KL per latent dimension + decoder CE per latent step
-    (summed over its tokens) + stop CE per step boundary. The curriculum stage comes
+    CE per target token + beta * KL per latent dimension + decoder_weight * decoder CE
+    per latent step (summed over its tokens) + stop CE per step boundary. The curriculum stage comes
     from the optimizer step; `stage_mix` draws some examples at an earlier stage.
     """
 
@@ -573,7 +574,7 @@ class LatentObjective:
             loss = loss + self.cfg.beta * parts["kl"]
         if "dec" in sums:
             parts["dec"] = sums["dec"] / totals["dec_steps"]
-            loss = loss + parts["dec"]
+            loss = loss + self.cfg.decoder_weight * parts["dec"]
         if "stop" in sums:
             parts["stop"] = sums["stop"] / totals["stops"]
             loss = loss + parts["stop"]

@@ -61,7 +61,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     setting = json.loads(args.setting)
-    seed_everything(args.seed)
+    seed_everything(setting.get("seed", args.seed))
     device = torch.device(args.device)
     dist = Dist(rank=0, world_size=1, local_rank=0, device=device)
     data = Path(args.data_dir)

@@ -187,3 +187,17 @@ def test_a_short_overfit_run_drives_the_decoder_loss_down(tiny_data, tmp_path):
     train(model, few, cfg, CPU, 0, tmp_path / "ckpt", LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id), recorder, {}, lengths=[1] * 4)
     first, last = recorder.logged[0][1]["train/dec"], recorder.logged[-1][1]["train/dec"]
     assert last < 0.5 * first, (first, last)
+
+
+def test_explain_decodes_each_latent_step_of_one_question(tiny_data, tmp_path):
+    from atp.explain import explain, main
+
+    model, records, tok = make(tiny_data, "atp", c=1, max_steps=3)
+    save_latent(model, tok, tmp_path / "model", {})
+    question = tiny_data[1]["val"][0]["question"]
+    runs = explain(str(tmp_path / "model"), question, samples=2)
+    assert [r["mode"] for r in runs] == ["mu", "sample seed 0", "sample seed 1"]
+    for run in runs:
+        assert len(run["steps"]) == run["latents"] <= 3 and run["tokens"] >= run["latents"]
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "missing"), "--question", question])

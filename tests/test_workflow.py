@@ -65,9 +65,9 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
         predictions = (exp / "eval" / "cot_sft" / "seed0" / suite / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == 40 and {"gold", "prediction", "generation"} <= set(json.loads(predictions[0]))
     csv = (exp / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("method,label,seeds") and len(csv) == 6
+    assert csv[0].startswith("method,label,seeds") and len(csv) == 5
     rows = [line.split(",")[0] for line in csv[1:]]
-    assert rows == ["cot_sft", "nocot_sft", "nocot_ft", "pause", "atp"]  # the config's order
+    assert rows == ["cot_sft", "nocot_sft", "pause", "atp"]  # baselines, controls, latent methods
     latent = json.loads((exp / "eval" / "atp" / "seed0" / "test" / "metrics.json").read_text())
     assert latent["samples"] == 2 and latent["tokens"] == pytest.approx(latent["latents"] + latent["answer_tokens"])
     assert (exp / "train" / "atp" / "seed0" / "model" / "latent.json").exists()
@@ -85,7 +85,7 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
     stages = sorted(run.data.tags["stage"] for run in children)
-    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + ["sft_cot", "sft_nocot", "sft_nocot", "table"]
+    assert stages == ["data"] + ["evaluate"] * 4 + ["latent_sft"] * 2 + ["sft_cot", "sft_nocot", "table"]
     for run in children:
         tags = run.data.tags
         assert run.info.status == "FINISHED"
@@ -110,7 +110,7 @@ def test_nothing_to_do_after_a_complete_run(pipeline):
 def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
     result = snakemake(pipeline, "-n", extra_config="eval: {batch_size: 64, max_new_tokens: 20}\n")
     counts = job_counts(result.stdout)
-    assert counts.get("evaluate") == 5 and counts.get("table") == 1
+    assert counts.get("evaluate") == 4 and counts.get("table") == 1
     assert "train" not in counts and "prepare_data" not in counts
 
 
@@ -121,7 +121,7 @@ def test_changing_a_latent_setting_reruns_only_the_latent_stages_their_evaluatio
     assert "prepare_data" not in counts
     for method in ("pause", "atp"):
         assert f"method={method}, seed=0" in result.stdout
-    for method in ("cot_sft", "nocot_sft", "nocot_ft"):
+    for method in ("cot_sft", "nocot_sft"):
         assert f"wildcards: exp=test, method={method}," not in result.stdout
 
 
