@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 
 from atp.modeling import prompt_ids
+from atp.train import left_pad
 from atp.text import numbers_equal, parse_answer
 
 
@@ -26,12 +27,8 @@ def greedy_generate(model, tokenizer, questions: list[str], max_new_tokens: int,
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     for start in tqdm(range(0, len(order), batch_size), desc="decode", disable=not progress, mininterval=2.0):
         rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]) :] = 1
+        ids, mask = left_pad([encoded[i] for i in rows], pad)
+        width = ids.shape[1]
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -101,6 +98,13 @@ def latent_generate(model, tokenizer, questions: list[str], mode: str, seed: int
         for i, o, s in zip(rows, outs, steps):
             results[i] = {"text": tokenizer.decode(o["answer_ids"], skip_special_tokens=True), "answer_tokens": len(o["answer_ids"]), "latents": o["latents"], "steps": s}
     return results  # type: ignore[return-value]
+
+
+def latent_validation(model, tokenizer, records: list[dict], seed: int, device) -> dict[str, dict]:
+    """Validation metrics of a latent model by mode: `mu`, and `sample` too for sampled-latent variants."""
+    modes = ("mu", "sample") if model.cfg.spec.stochastic else ("mu",)
+    questions = [r["question"] for r in records]
+    return {mode: score_latent(records, latent_generate(model, tokenizer, questions, mode, seed, 250, 16, device))[1] for mode in modes}
 
 
 def step_fidelity(step: str, gold_steps: list[str]) -> bool:

@@ -183,11 +183,8 @@ def encode_latent_records(records: list[dict], tokenizer, max_length: int, cfg: 
 # ---------------------------------------------------------------- the module
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out if not norm else hidden)]
-    if norm:
-        layers.append(nn.LayerNorm(hidden))
-    return nn.Sequential(*layers)
+def _mlp(d_in: int, hidden: int, d_out: int) -> list[nn.Module]:
+    return [nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, d_out)]
 
 
 def build_decoder(cfg: LatentConfig, vocab_size: int, pad_id: int, eos_id: int):
@@ -225,11 +222,11 @@ class LatentReasoner(nn.Module):
         self.bot_id, self.latent_id, self.eot_id = tokenizer.convert_tokens_to_ids([BOT, LATENT, EOT])
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         if spec.feed in ("sample", "mu"):
-            self.latent_trunk = _mlp(d, h, h, norm=True)
+            self.latent_trunk = nn.Sequential(*_mlp(d, h, h), nn.LayerNorm(h))
             self.mu_head = nn.Linear(h, d)
             self.logvar_head = nn.Linear(h, d)
         if spec.stop:
-            self.stop_head = _mlp(d, h, 2, norm=False)
+            self.stop_head = nn.Sequential(*_mlp(d, h, 2))
         if spec.feed == "pause":
             with torch.no_grad():
                 start = self.backbone.get_input_embeddings().weight[self.latent_id].detach().clone()
@@ -252,16 +249,31 @@ class LatentReasoner(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.backbone.get_output_embeddings()(hidden)
 
-    def feed_scale(self, v: torch.Tensor) -> torch.Tensor:
-        """Bring a fed-back vector to the token-embedding scale (config `rescale`, `scale`)."""
-        if self.cfg.rescale == "embedding_norm":
-            target = self.backbone.get_input_embeddings().weight.detach().norm(dim=-1).mean()
-            v = v / (v.norm(dim=-1, keepdim=True) + 1e-6) * target
+    def prefix(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts followed by <bot>, left-padded so that the first slot is one column for every row."""
+        from atp.train import left_pad
+
+        return left_pad([p + [self.bot_id] for p in prompts], self.pad_id)
+
+    def embedding_norm(self) -> torch.Tensor | None:
+        """The mean token-embedding norm fed-back vectors are scaled to (None unless `rescale: embedding_norm`).
+
+        Computed once per loop, not per slot: on a large vocabulary it reads the whole embedding matrix.
+        """
+        if self.cfg.rescale != "embedding_norm":
+            return None
+        return self.backbone.get_input_embeddings().weight.detach().norm(dim=-1).mean()
+
+    def feed_scale(self, v: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
+        """Bring a fed-back vector to the token-embedding scale `norm` (see embedding_norm), times `scale`."""
+        if norm is not None:
+            v = v / (v.norm(dim=-1, keepdim=True) + 1e-6) * norm
         return v * self.cfg.scale
 
-    def latent(self, h: torch.Tensor, mode: str = "sample", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def latent(self, h: torch.Tensor, norm: torch.Tensor | None, mode: str = "sample", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The latent of the slot after hidden state `h` (B, d): z, what is fed, and mu/logvar where they exist.
 
+        `norm`: the embedding scale of `feed_scale`, computed once by the caller.
         mode: `sample` (the variant's own choice: sampled z for atp and atp_no_stop) or `mu`
         (deterministic); other variants are deterministic either way.
         """
@@ -281,7 +293,7 @@ class LatentReasoner(nn.Module):
             else:
                 z = mu
         out["z"] = z
-        out["feed"] = self.feed_scale(z)
+        out["feed"] = self.feed_scale(z, norm)
         return out
 
     # ------------------------------------------------------------ the loop
@@ -319,10 +331,11 @@ class LatentReasoner(nn.Module):
         next_pos = positions[:, -1] + 1
         state = slot_state.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=prefix.device)
-        records: dict[str, list[torch.Tensor]] = {"feed": [], "z": [], "mu": [], "logvar": [], "stop_logits": []}
-        if spec.feed == "pause" and stop_rule is None:  # no feedback: every slot at once
+        norm = self.embedding_norm()
+        records: dict[str, list[torch.Tensor]] = {"feed": [], "mu": [], "logvar": [], "stop_logits": []}
+        if spec.feed == "pause":  # no feedback (and no stop head): every slot at once
             active = (state == ACTIVE).long()
-            feeds = self.feed_scale(self.pause).expand(B, N, -1)
+            feeds = self.feed_scale(self.pause, norm).expand(B, N, -1)
             slot_pos = next_pos[:, None] + active.cumsum(-1) - active
             mask = torch.cat([mask, active], dim=1)
             if use_cache:
@@ -333,7 +346,7 @@ class LatentReasoner(nn.Module):
             records["feed"] = list(feeds.unbind(1))
             return {"cache": cache, "embeds": embeds, "positions": positions, "mask": mask, "next_pos": next_pos + active.sum(-1), "state": state, "latents": records}
         for j in range(N):
-            lat = self.latent(h, mode, generator)
+            lat = self.latent(h, norm, mode, generator)
             if spec.stop:
                 logits = self.stop_head(lat["z"])
                 records["stop_logits"].append(logits)
@@ -345,7 +358,7 @@ class LatentReasoner(nn.Module):
                     stopped = stopped | decision
             if stop_rule is not None:
                 state[:, j] = torch.where(stopped, torch.full_like(state[:, j], MASKED), state[:, j])
-            for key in ("feed", "z", "mu", "logvar"):
+            for key in ("feed", "mu", "logvar"):
                 if key in lat:
                     records[key].append(lat[key])
             active = (state[:, j] == ACTIVE).long()
@@ -382,18 +395,13 @@ class LatentReasoner(nn.Module):
         """Tensors of one micro-batch: aligned prefixes, slot states, suffixes and the latent targets."""
         layouts = [layout(r, k, self.cfg, self.eos_id, self.eot_id) for r, k in zip(records, stages)]
         B = len(records)
-        width = max(len(r.prompt) for r in records) + 1
-        prefix = torch.full((B, width), self.pad_id, dtype=torch.long)
-        prefix_mask = torch.zeros((B, width), dtype=torch.long)
+        prefix, prefix_mask = self.prefix([r.prompt for r in records])
         n_slots = max(len(lay.slot_state) for lay in layouts)
         state = torch.full((B, n_slots), ABSENT, dtype=torch.long)
         s_width = max(len(lay.suffix) for lay in layouts)
         suffix = torch.full((B, s_width), self.pad_id, dtype=torch.long)
         suffix_mask = torch.zeros((B, s_width), dtype=torch.long)
-        for b, (r, lay) in enumerate(zip(records, layouts)):
-            ids = r.prompt + [self.bot_id]
-            prefix[b, width - len(ids) :] = torch.tensor(ids)
-            prefix_mask[b, width - len(ids) :] = 1
+        for b, lay in enumerate(layouts):
             state[b, : len(lay.slot_state)] = torch.tensor(lay.slot_state, dtype=torch.long)
             suffix[b, : len(lay.suffix)] = torch.tensor(lay.suffix)
             suffix_mask[b, : len(lay.suffix)] = 1
@@ -471,12 +479,7 @@ class LatentReasoner(nn.Module):
         """
         device = next(self.parameters()).device
         B = len(prompts)
-        width = max(len(p) for p in prompts) + 1
-        prefix = torch.full((B, width), self.pad_id, dtype=torch.long)
-        prefix_mask = torch.zeros((B, width), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            prefix[b, width - len(p) - 1 :] = torch.tensor(p + [self.bot_id])
-            prefix_mask[b, width - len(p) - 1 :] = 1
+        prefix, prefix_mask = self.prefix(prompts)
         state = torch.full((B, self.cfg.slots), ACTIVE, dtype=torch.long, device=device)
         run = self.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode=mode, generator=generator, stop_rule="argmax" if self.cfg.spec.stop else None)
         used = (run["state"] == ACTIVE).sum(-1)

@@ -48,12 +48,7 @@ def main() -> None:
     rows = []
     for n in args.latents:
         model = LatentReasoner(backbone, LatentConfig(variant="coconut", c=1, max_steps=n), tokenizer)
-        width = max(map(len, prompts)) + 1
-        prefix = torch.full((args.batch, width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(prefix)
-        for b, ids in enumerate(prompts):
-            prefix[b, width - len(ids) - 1 :] = torch.tensor(ids + [model.bot_id])
-            mask[b, width - len(ids) - 1 :] = 1
+        prefix, mask = model.prefix(prompts)
         state = torch.full((args.batch, n), ACTIVE)
         suffix = torch.randint(10, len(tokenizer), (args.batch, 16))
         suffix_mask = torch.ones_like(suffix)

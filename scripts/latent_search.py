@@ -53,7 +53,7 @@ def main() -> None:
     from atp import modeling
     from atp.config import TrainConfig
     from atp.data.records import read_jsonl
-    from atp.evaluate import greedy_generate, latent_generate, score, score_latent
+    from atp.evaluate import greedy_generate, latent_validation, score
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records
     from atp.runtime import Dist, seed_everything
     from atp.stages.sft import encode_examples
@@ -102,8 +102,7 @@ def main() -> None:
         lengths = [len(r.prompt) + sum(map(len, r.steps)) for r in items]
         metrics = train(model, items, train_cfg, dist, seed, ckpt, LatentObjective(cfg, seed, tokenizer.eos_token_id, model.eot_id), Quiet(), {}, lengths=lengths)
         seconds = time.time() - started
-        for mode in ("mu", "sample") if cfg.spec.stochastic else ("mu",):
-            _, m = score_latent(val, latent_generate(model, tokenizer, [r["question"] for r in val], mode, seed, 250, 16, device))
+        for mode, m in latent_validation(model, tokenizer, val, seed, device).items():
             key = "" if mode == "mu" else "_sample"
             result.update({f"val_accuracy{key}": m["accuracy"], f"val_tokens{key}": m["tokens"], f"fidelity{key}": m["fidelity"], f"fidelity_by_step{key}": m["fidelity_by_step"], f"by_steps{key}": m["accuracy_by_steps"]})
     result.update(train_seconds=round(seconds, 1), seconds_per_step=round(seconds / train_cfg.steps, 4), final_loss={k: round(v, 4) for k, v in metrics.items() if k.startswith("train/") and isinstance(v, float)})

@@ -15,6 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
 
+class Recorder:
+    """A tracker stand-in that keeps what was logged (the trainer's only use of the tracker)."""
+
+    def __init__(self):
+        self.logged = []
+
+    def log_metrics(self, metrics, step=None):
+        self.logged.append((step, dict(metrics)))
+
+
 def tiny_config(**overrides) -> dict:
     """A resolved pipeline config small enough to train in a second."""
     from atp import config

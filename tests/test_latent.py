@@ -27,17 +27,10 @@ from atp.latent import (
 )
 from atp.runtime import Dist, seed_everything
 from atp.train import train
+from conftest import Recorder
 
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
-
-
-class Recorder:
-    def __init__(self):
-        self.logged = []
-
-    def log_metrics(self, metrics, step=None):
-        self.logged.append((step, dict(metrics)))
 
 
 def make(tiny_data, variant: str, **overrides):

@@ -10,18 +10,9 @@ from atp.config import TrainConfig, to_dataclass
 from atp.runtime import Dist, seed_everything
 from atp.stages.sft import encode_examples
 from atp.train import IGNORE, NonFiniteLoss, TokenObjective, batch_schedule, checkpoints, lr_factor, train
+from conftest import Recorder
 
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-
-
-class Recorder:
-    """A tracker stand-in that keeps what was logged (the trainer's only use of the tracker)."""
-
-    def __init__(self):
-        self.logged = []
-
-    def log_metrics(self, metrics, step=None):
-        self.logged.append((step, dict(metrics)))
 
 
 def _setup(tiny_data, fmt="cot", **train_overrides):

@@ -46,6 +46,14 @@ def setup(args, config: dict) -> StageSetup:
     )
 
 
+def starting_model(args, config: dict, tokenizer):
+    """The model a training stage starts from: --init's model, or the base model; LoRA-wrapped if configured."""
+    from atp import modeling
+
+    model = modeling.load_model(args.init)[0] if args.init else modeling.build_model(config["model"], tokenizer)
+    return modeling.apply_lora(model, config["model"]["lora"])
+
+
 def write_metrics(metrics: dict, out_dir: Path, tracker, step: int) -> None:
     """metrics.json holds only what a rerun reproduces exactly; timings go to MLflow and the benchmark file."""
     stable = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}

@@ -26,17 +26,15 @@ log = logging.getLogger("atp.latent_sft")
 def main(args, config: dict) -> None:
     from atp import modeling
     from atp.config import to_dataclass
-    from atp.evaluate import latent_generate, score_latent
+    from atp.evaluate import latent_validation
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records, save_latent
-    from atp.stages.common import setup, write_metrics
+    from atp.stages.common import setup, starting_model, write_metrics
     from atp.tracking import Tracker
     from atp.train import train
 
     s = setup(args, config)
     latent_cfg = to_dataclass(LatentConfig, {**config["latent"], "variant": s.method["variant"]}, "latent")
-    backbone = modeling.load_model(args.init)[0] if args.init else modeling.build_model(config["model"], s.tokenizer)
-    backbone = modeling.apply_lora(backbone, config["model"]["lora"])
-    model = LatentReasoner(backbone, latent_cfg, s.tokenizer).to(s.dist.device)
+    model = LatentReasoner(starting_model(args, config, s.tokenizer), latent_cfg, s.tokenizer).to(s.dist.device)
     records, dropped = encode_latent_records(read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, s.train_cfg.max_length, latent_cfg)
     lengths = [len(r.prompt) + sum(map(len, r.steps)) for r in records]
     log.info(
@@ -54,9 +52,7 @@ def main(args, config: dict) -> None:
         if s.dist.is_main:
             if s.train_cfg.val_samples:
                 val = read_jsonl(s.data_dir / "val.jsonl")[: s.train_cfg.val_samples]
-                for mode in ("mu", "sample") if latent_cfg.spec.stochastic else ("mu",):
-                    generations = latent_generate(model, s.tokenizer, [r["question"] for r in val], mode, args.seed, 250, 16, s.dist.device)
-                    _, val_metrics = score_latent(val, generations)
+                for mode, val_metrics in latent_validation(model, s.tokenizer, val, args.seed, s.dist.device).items():
                     suffix = "" if mode == "mu" else "_sample"
                     metrics.update({f"val/accuracy{suffix}": val_metrics["accuracy"], f"val/tokens{suffix}": val_metrics["tokens"]})
                     if val_metrics["fidelity"] is not None:

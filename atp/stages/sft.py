@@ -41,14 +41,13 @@ def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
 def main(args, config: dict) -> None:
     from atp import modeling
     from atp.evaluate import greedy_generate, score
-    from atp.stages.common import setup, write_metrics
+    from atp.stages.common import setup, starting_model, write_metrics
     from atp.tracking import Tracker
     from atp.train import TokenObjective, train
 
     s = setup(args, config)
     fmt = s.method["format"]
-    model = modeling.load_model(args.init)[0] if args.init else modeling.build_model(config["model"], s.tokenizer)
-    model = modeling.apply_lora(model, config["model"]["lora"]).to(s.dist.device)
+    model = starting_model(args, config, s.tokenizer).to(s.dist.device)
     examples, dropped = encode_examples(read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, fmt, s.train_cfg.max_length)
     log.info(
         "%s: %d parameters, %d training sequences (%d longer than %d dropped), %d steps of %d",
