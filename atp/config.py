@@ -88,6 +88,10 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'methods.{name}.variant': a latent_sft method needs a variant")
         if method["stage"] != "latent_sft" and ("variant" in method or method.get("latent")):
             raise ConfigError(f"config key 'methods.{name}.variant': only latent_sft methods take a variant or latent settings")
+        if method["stage"] != "rl" and method.get("rl"):
+            raise ConfigError(f"config key 'methods.{name}.rl': only rl methods take rl settings")
+        if method["stage"] == "rl":
+            check_rl(config, name)
         train = {**config["train"], **method.get("train", {})}
         micro = train.get("micro_batch_size")
         if micro is not None and train["batch_size"] % micro:
@@ -95,6 +99,35 @@ def check(config: dict) -> None:
     model = config["model"]
     if model["pretrained"] is None and model["hidden_size"] % model["num_heads"]:
         raise ConfigError("config key 'model.num_heads': must divide model.hidden_size")
+
+
+def check_rl(config: dict, name: str) -> None:
+    """An rl method's settings are consistent (and, in a pipeline config, it starts from a sampled-latent model).
+
+    A job config carries no `init` (the model arrives as a path), so the start is checked
+    only where `init` is given; `check_pipeline` insists on it.
+    """
+    from atp.latent import VARIANTS
+
+    methods = config["methods"]
+    root = methods[name].get("init")
+    while root is not None and methods[root]["stage"] == "rl":
+        root = methods[root].get("init")
+    if methods[name].get("init") is not None and (methods[root]["stage"] != "latent_sft" or not VARIANTS[methods[root]["variant"]].stochastic):
+        raise ConfigError(f"config key 'methods.{name}.init': an rl method starts from a latent_sft method with sampled latents (variant atp or atp_no_stop)")
+    rl = method_rl(config, name)
+    if (rl["questions"] * rl["group_size"]) % rl["minibatch_size"]:
+        raise ConfigError(
+            f"config key 'methods.{name}.rl.minibatch_size': {rl['minibatch_size']} does not divide questions x group_size = {rl['questions'] * rl['group_size']}"
+        )
+
+
+def check_pipeline(config: dict) -> None:
+    """`check` plus what only a whole pipeline config can tell: every rl method says what it starts from."""
+    check(config)
+    for name, method in config["methods"].items():
+        if method["stage"] == "rl" and method.get("init") is None:
+            raise ConfigError(f"config key 'methods.{name}.init': an rl method starts from a trained ATP-Latent method; name it")
 
 
 def split_key(name: str) -> str:
@@ -146,10 +179,15 @@ def method_latent(config: dict, method: str) -> dict:
     return merged
 
 
+def method_rl(config: dict, method: str) -> dict:
+    """The RL settings of an rl method: `rl` updated with the method's overrides (rewards merged key by key)."""
+    return merge(config["rl"], config["methods"][method].get("rl", {}))
+
+
 def job_config(config: dict, job: str) -> dict:
     """The part of the pipeline config one job reads (a valid pipeline config itself).
 
-    Jobs: `tracking`, `data`, `train_<method>`, `eval_<method>`, `table`.
+    Jobs: `tracking`, `data`, `train_<method>`, `eval_<method>`, `table`, `report`.
     """
     base = {"experiment": config["experiment"], "mlflow": config["mlflow"]}
     if job == "tracking":
@@ -163,12 +201,16 @@ def job_config(config: dict, job: str) -> dict:
         job = {**base, "model": config["model"], "train": method_train(config, method), "methods": {method: spec}}
         if spec["stage"] == "latent_sft":  # only latent methods read (and rerun on) the latent settings
             job["latent"] = method_latent(config, method)
+        if spec["stage"] == "rl":
+            job["rl"] = method_rl(config, method)
         return job
     if kind == "eval" and method in config["methods"]:
         spec = {k: v for k, v in config["methods"][method].items() if k in JOB_METHOD_KEYS}
         return {**base, "eval": config["eval"], "methods": {method: spec}}
     if job == "table":
         return {**base, "methods": config["methods"], "seeds": config["seeds"]}
+    if job == "report":
+        return base
     raise ConfigError(f"unknown job {job!r}")
 
 

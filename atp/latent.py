@@ -270,13 +270,17 @@ class LatentReasoner(nn.Module):
             v = v / (v.norm(dim=-1, keepdim=True) + 1e-6) * norm
         return v * self.cfg.scale
 
-    def latent(self, h: torch.Tensor, norm: torch.Tensor | None, mode: str = "sample", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def latent(
+        self, h: torch.Tensor, norm: torch.Tensor | None, mode: str = "sample", generator: torch.Generator | None = None, z: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """The latent of the slot after hidden state `h` (B, d): z, what is fed, and mu/logvar where they exist.
 
         `norm`: the embedding scale of `feed_scale`, computed once by the caller.
         mode: `sample` (the variant's own choice: sampled z for atp and atp_no_stop) or `mu`
-        (deterministic); other variants are deterministic either way.
+        (deterministic); other variants are deterministic either way. A given `z` (sampled
+        variants) replaces the draw: RL replays a rollout's latents under the current weights.
         """
+        forced = z
         spec = self.cfg.spec
         out: dict[str, torch.Tensor] = {}
         if spec.feed == "hidden":
@@ -287,7 +291,9 @@ class LatentReasoner(nn.Module):
             a = self.latent_trunk(h)
             mu, logvar = self.mu_head(a), self.logvar_head(a).clamp(-12.0, 6.0)
             out.update(mu=mu, logvar=logvar)
-            if spec.feed == "sample" and mode != "mu":
+            if forced is not None and spec.feed == "sample":
+                z = forced
+            elif spec.feed == "sample" and mode != "mu":
                 eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
                 z = mu + torch.exp(0.5 * logvar) * eps
             else:
@@ -307,6 +313,7 @@ class LatentReasoner(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         stop_rule: str | None = None,
+        forced_z: torch.Tensor | None = None,
     ) -> dict:
         """Run `prefix` (left-padded, ending in <bot>) and then the slots one by one.
 
@@ -314,6 +321,7 @@ class LatentReasoner(nn.Module):
         (`argmax` or `sample`) the stop head decides instead, at step boundaries, and
         everything from a stop on is MASKED. `use_cache=False` recomputes the whole
         sequence for every slot (the reference the cached loop is tested against).
+        `forced_z` (B, N, d) replays given latents instead of drawing them (RL).
         Returns the cache (or the full embeddings), the attention mask, the next position
         of each row and the per-slot latents.
         """
@@ -332,7 +340,7 @@ class LatentReasoner(nn.Module):
         state = slot_state.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=prefix.device)
         norm = self.embedding_norm()
-        records: dict[str, list[torch.Tensor]] = {"feed": [], "mu": [], "logvar": [], "stop_logits": []}
+        records: dict[str, list[torch.Tensor]] = {"feed": [], "z": [], "mu": [], "logvar": [], "stop_logits": []}
         if spec.feed == "pause":  # no feedback (and no stop head): every slot at once
             active = (state == ACTIVE).long()
             feeds = self.feed_scale(self.pause, norm).expand(B, N, -1)
@@ -346,7 +354,7 @@ class LatentReasoner(nn.Module):
             records["feed"] = list(feeds.unbind(1))
             return {"cache": cache, "embeds": embeds, "positions": positions, "mask": mask, "next_pos": next_pos + active.sum(-1), "state": state, "latents": records}
         for j in range(N):
-            lat = self.latent(h, norm, mode, generator)
+            lat = self.latent(h, norm, mode, generator, None if forced_z is None else forced_z[:, j])
             if spec.stop:
                 logits = self.stop_head(lat["z"])
                 records["stop_logits"].append(logits)
@@ -358,7 +366,7 @@ class LatentReasoner(nn.Module):
                     stopped = stopped | decision
             if stop_rule is not None:
                 state[:, j] = torch.where(stopped, torch.full_like(state[:, j], MASKED), state[:, j])
-            for key in ("feed", "mu", "logvar"):
+            for key in ("feed", "z", "mu", "logvar"):
                 if key in lat:
                     records[key].append(lat[key])
             active = (state[:, j] == ACTIVE).long()

@@ -161,6 +161,10 @@ class Tracker:
         if self.enabled:
             _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
 
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            _retry(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path), "log artifacts")
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.enabled:
             for key, value in tags.items():

@@ -1,5 +1,7 @@
 """Config validation: defaults, errors that name the key, job configs."""
 
+import re
+
 import pytest
 
 from atp import config
@@ -89,7 +91,41 @@ def test_load_reports_the_file(tmp_path):
 
 def test_shipped_configs_are_valid():
     root = config.SCHEMA_PATH.parents[2]
-    config.load(root / "config" / "config.yaml")
-    for overlay in (".test/config/config.yaml", "config/extended.yaml"):  # merged over the default, as Snakemake does
+    default = config.load(root / "config" / "config.yaml")
+    config.check_pipeline(default)
+    for overlay in (".test/config/config.yaml", "config/extended.yaml", "config/ablations.yaml"):  # merged over the default, as Snakemake does
         merged = config.load(root / "config" / "config.yaml", root / overlay)
-        assert merged["experiment"] != "default" and len(merged["methods"]) == 9
+        config.check_pipeline(merged)
+        assert merged["experiment"] != "default" and merged["methods"].keys() == default["methods"].keys()
+
+
+RL_METHODS = {
+    "cot_sft": {"stage": "sft"},
+    "atp": {"stage": "latent_sft", "variant": "atp", "init": "cot_sft"},
+    "coconut": {"stage": "latent_sft", "variant": "coconut", "init": "cot_sft"},
+}
+
+
+@pytest.mark.parametrize(
+    "rl_method, extra, key",
+    [
+        ({"stage": "rl"}, {}, "methods.atp_rl.init"),
+        ({"stage": "rl", "init": "coconut"}, {}, "methods.atp_rl.init"),
+        ({"stage": "rl", "init": "atp", "rl": {"group_size": 1}}, {}, "methods.atp_rl.rl.group_size"),
+        ({"stage": "rl", "init": "atp"}, {"rl": {"questions": 3, "group_size": 3, "minibatch_size": 2}}, "methods.atp_rl.rl.minibatch_size"),
+        ({"stage": "rl", "init": "atp", "rl": {"rewards": {"coherence_rule": "fuzzy"}}}, {}, "methods.atp_rl.rl.rewards.coherence_rule"),
+    ],
+)
+def test_bad_rl_settings_fail_naming_the_key(rl_method, extra, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config.check_pipeline(config.resolve({"methods": {**RL_METHODS, "atp_rl": rl_method}, **extra}))
+
+
+def test_rl_settings_belong_to_rl_methods_and_reach_only_their_jobs():
+    with pytest.raises(ConfigError, match=re.escape("methods.coconut.rl")):
+        config.resolve({"methods": {**RL_METHODS, "coconut": {**RL_METHODS["coconut"], "rl": {"epochs": 2}}}})
+    cfg = config.resolve({"methods": {**RL_METHODS, "atp_rl": {"stage": "rl", "init": "atp", "rl": {"rewards": {"coherence": 0.0}}}}})
+    job = config.job_config(cfg, "train_atp_rl")
+    assert job["rl"]["rewards"] == {**cfg["rl"]["rewards"], "coherence": 0.0} and "latent" not in job
+    assert "rl" not in config.job_config(cfg, "train_atp")
+    config.resolve(job)  # a job config is a valid config by itself (it carries no init)

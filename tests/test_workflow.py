@@ -65,9 +65,9 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
         predictions = (exp / "eval" / "cot_sft" / "seed0" / suite / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == 40 and {"gold", "prediction", "generation"} <= set(json.loads(predictions[0]))
     csv = (exp / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("method,label,seeds") and len(csv) == 5
+    assert csv[0].startswith("method,label,seeds") and len(csv) == 6
     rows = [line.split(",")[0] for line in csv[1:]]
-    assert rows == ["cot_sft", "nocot_sft", "pause", "atp"]  # baselines, controls, latent methods
+    assert rows == ["cot_sft", "nocot_sft", "pause", "atp", "atp_rl"]  # baselines, controls, latent methods, RL
     latent = json.loads((exp / "eval" / "atp" / "seed0" / "test" / "metrics.json").read_text())
     assert latent["samples"] == 2 and latent["tokens"] == pytest.approx(latent["latents"] + latent["answer_tokens"])
     assert (exp / "train" / "atp" / "seed0" / "model" / "latent.json").exists()
@@ -85,7 +85,7 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
     stages = sorted(run.data.tags["stage"] for run in children)
-    assert stages == ["data"] + ["evaluate"] * 4 + ["latent_sft"] * 2 + ["sft_cot", "sft_nocot", "table"]
+    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + ["report", "rl", "sft_cot", "sft_nocot", "table"]
     for run in children:
         tags = run.data.tags
         assert run.info.status == "FINISHED"
@@ -110,19 +110,48 @@ def test_nothing_to_do_after_a_complete_run(pipeline):
 def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
     result = snakemake(pipeline, "-n", extra_config="eval: {batch_size: 64, max_new_tokens: 20}\n")
     counts = job_counts(result.stdout)
-    assert counts.get("evaluate") == 4 and counts.get("table") == 1
+    assert counts.get("evaluate") == 5 and counts.get("table") == 1 and counts.get("report_figures") == 1
     assert "train" not in counts and "prepare_data" not in counts
 
 
 def test_changing_a_latent_setting_reruns_only_the_latent_stages_their_evaluations_and_table(pipeline):
     result = snakemake(pipeline, "-n", extra_config="latent: {beta: 0.01}\n")
     counts = job_counts(result.stdout)
-    assert counts.get("train") == 2 and counts.get("evaluate") == 2 and counts.get("table") == 1  # pause and atp
+    # pause, atp, and atp_rl, which starts from atp
+    assert counts.get("train") == 3 and counts.get("evaluate") == 3 and counts.get("table") == 1
     assert "prepare_data" not in counts
-    for method in ("pause", "atp"):
+    for method in ("pause", "atp", "atp_rl"):
         assert f"method={method}, seed=0" in result.stdout
     for method in ("cot_sft", "nocot_sft"):
         assert f"wildcards: exp=test, method={method}," not in result.stdout
+
+
+def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the_policy(pipeline):
+    import mlflow
+
+    exp = pipeline / "results" / "test"
+    run = exp / "train" / "atp_rl" / "seed0"
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    assert {"rewards/total/mean", "rewards/coherence/mean", "rewards/total/group_std", "rl/accuracy", "rl/latents", "rl/clip_fraction", "rl/loss"} <= set(history[0])
+    trajectories = [json.loads(line) for line in (run / "trajectories" / "step_000002.jsonl").read_text().splitlines()]
+    assert len(trajectories) == 4 and {"question", "latent_steps", "completion", "reward_total", "advantage"} <= set(trajectories[0])
+    for png in ("accuracy_vs_tokens.png", "rl_curves.png"):
+        assert (exp / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    registry = json.loads((exp / "report" / "registry.json").read_text())
+    assert registry["registered"] and registry["method"] == "atp_rl" and registry["alias"] == "best"
+    parent = json.loads((exp / "tracking" / "parent_run.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
+    version = client.get_model_version_by_alias(registry["model_name"], "best")
+    assert version.tags["method"] == "atp_rl"
+    rl_run = client.search_runs([parent["experiment_id"]], filter_string="tags.stage = 'rl'")[0]
+    assert [m.step for m in client.get_metric_history(rl_run.info.run_id, "rewards/total/mean")] == [1, 2, 3]
+    assert "trajectories" in {a.path for a in client.list_artifacts(rl_run.info.run_id)}
+
+
+def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
+    counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
+    assert counts.get("train") == 1 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1
 
 
 def test_a_bad_config_fails_before_any_job(tmp_path):

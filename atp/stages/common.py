@@ -61,3 +61,30 @@ def write_metrics(metrics: dict, out_dir: Path, tracker, step: int) -> None:
     tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("val/", "train/seconds"))}, step=step)
     tracker.log_artifact(out_dir / "metrics.json")
     tracker.log_artifact(out_dir / "model" / "meta.json")
+
+
+class History:
+    """Per-step training metrics as JSON lines (`history.jsonl`, read by the report's curves).
+
+    A resumed run first drops the lines at or after the step it restarts from, so the
+    file always describes one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled, self._checked = Path(path), enabled, False
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        import json
+
+        if not self.enabled:
+            return
+        if not self._checked:
+            kept = []
+            if self.path.exists():
+                kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] < step]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            self._checked = True
+        values = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}, sort_keys=True) + "\n")

@@ -28,7 +28,7 @@ def main(args, config: dict) -> None:
     from atp.config import to_dataclass
     from atp.evaluate import latent_validation
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records, save_latent
-    from atp.stages.common import setup, starting_model, write_metrics
+    from atp.stages.common import History, setup, starting_model, write_metrics
     from atp.tracking import Tracker
     from atp.train import train
 
@@ -46,7 +46,7 @@ def main(args, config: dict) -> None:
     started = time.time()
     with Tracker(config, "latent_sft", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
         tracker.log_metrics({"data/train_problems": len(records), "data/dropped": dropped, "model/parameters": modeling.count_parameters(model)})
-        metrics = train(model, records, s.train_cfg, s.dist, args.seed, s.ckpt_dir, objective, tracker, s.meta, lengths=lengths)
+        metrics = train(model, records, s.train_cfg, s.dist, args.seed, s.ckpt_dir, objective, tracker, s.meta, lengths=lengths, on_log=History(s.out_dir / "history.jsonl", s.dist.is_main))
         metrics["train/seconds"] = time.time() - started
         metrics["train/final_stage_steps"] = max(0, s.train_cfg.steps - (latent_cfg.max_steps - 1) * latent_cfg.stage_steps)
         if s.dist.is_main:

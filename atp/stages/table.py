@@ -21,10 +21,14 @@ VARIANT_ORDER = ["pause", "coconut", "simcot", "atp", "atp_no_vae", "atp_no_stop
 
 
 def row_order(name: str, spec: dict) -> tuple:
-    if spec.get("stage", "sft") == "sft":
+    """Language baselines, controls, latent methods by variant; RL methods right after ATP-Latent (SFT)."""
+    stage = spec.get("stage", "sft")
+    if stage == "sft":
         return (0, spec.get("format", "cot") != "cot", spec.get("init") is not None, name)
+    if stage == "rl":
+        return (1, VARIANT_ORDER.index("atp"), 1, name)
     variant = spec.get("variant", "")
-    return (1, VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), name)
+    return (1, VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), 0, name)
 
 
 def sampled_average_std(metrics: list[dict], suites: list[str]) -> float:

@@ -11,7 +11,7 @@ from atp.runtime import OFFLINE_ENV
 
 validate(config, "../schemas/config.schema.yaml")
 try:
-    atp.config.check(config)
+    atp.config.check_pipeline(config)
 except atp.config.ConfigError as error:
     raise WorkflowError(f"Invalid config: {error}")
 
@@ -42,8 +42,24 @@ wildcard_constraints:
 
 
 def all_targets():
-    """The results table (which pulls in every model and evaluation)."""
-    return [f"results/{EXP}/table.md", f"results/{EXP}/table.csv"]
+    """The results table (which pulls in every model and evaluation) and the report's figures."""
+    figures = [f"results/{EXP}/report/{name}" for name in ("accuracy_vs_tokens.png", "rl_curves.png", "registry.json")]
+    return [f"results/{EXP}/table.md", f"results/{EXP}/table.csv"] + figures
+
+
+def rl_runs(wildcards):
+    """The run folders of every enabled RL method and seed (their curves, metrics and models go into the report)."""
+    return expand(
+        "results/{exp}/train/{method}/seed{seed}",
+        exp=wildcards.exp,
+        method=[m for m in METHODS if config["methods"][m]["stage"] == "rl"],
+        seed=SEEDS,
+    )
+
+
+def rl_run_files(wildcards):
+    """What the report reads of the RL runs: history, metrics and the model of each."""
+    return [f"{run}/{name}" for run in rl_runs(wildcards) for name in ("history.jsonl", "metrics.json", "model")]
 
 
 def job_config_json(wildcards):

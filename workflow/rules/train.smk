@@ -11,6 +11,7 @@ rule train:
     output:
         model=directory("results/{exp}/train/{method}/seed{seed}/model"),
         metrics="results/{exp}/train/{method}/seed{seed}/metrics.json",
+        history="results/{exp}/train/{method}/seed{seed}/history.jsonl",
     log:
         "results/{exp}/logs/train/{method}/seed{seed}.log",
     benchmark:

@@ -1,0 +1,233 @@
+"""GRPO over latent trajectories (method.md section 6).
+
+A trajectory is everything the policy sampled for one question: the Gaussian
+latents z of the slots it reached, its stop decisions at step boundaries and its
+answer tokens (temperature `temperature`, EOS included). Its log-probability is
+the sum of the Gaussian log-densities of the z (summed over dimensions), the
+stop-decision log-probabilities and the answer-token log-probabilities. Each of
+these is one *action* of the PPO-clip loss: the log-ratio of every action is
+clamped to [-clamp, clamp] before `exp`, and the loss is the mean over every
+action of a minibatch.
+
+`rollout` samples trajectories (no gradient) and records their log-probabilities
+under the sampling weights; `replay` recomputes them, with gradient, under the
+current weights by feeding the same z and the same stop decisions through the
+same cached loop, so that before the first update the two agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from atp.latent import ACTIVE, MASKED, LatentReasoner
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Settings of the RL stage (the `rl` config section; optimiser settings come from `train`)."""
+
+    questions: int = 8  # questions per RL step (the paper: 16)
+    group_size: int = 8  # G trajectories per question (the paper: 8)
+    minibatch_size: int = 16  # trajectories per optimizer step; one pass over the rollouts (the paper: 16)
+    epochs: int = 1  # passes over one step's rollouts
+    clip_eps: float = 0.2
+    log_ratio_clamp: float = 3.0
+    kl_coef: float = 0.0  # KL to the frozen starting policy (k3 estimator per action); 0 = off, as the paper
+    temperature: float = 1.0
+    max_answer_tokens: int = 16
+    trajectories_every: int = 25  # RL steps between trajectory artifacts
+    trajectories_logged: int = 16  # trajectories written each time
+    rewards: dict | None = None  # RewardConfig fields
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (a group-normalised advantage needs two rollouts), got {self.group_size}")
+        if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1:
+            raise ValueError("questions, minibatch_size and epochs must be at least 1")
+        if (self.questions * self.group_size) % self.minibatch_size:
+            raise ValueError(f"minibatch_size {self.minibatch_size} does not divide questions x group_size = {self.questions * self.group_size}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def rollouts(self) -> int:
+        return self.questions * self.group_size
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.epochs * self.rollouts // self.minibatch_size
+
+
+@dataclass
+class Trajectories:
+    """Sampled trajectories of R rows (one row per rollout) and their log-probabilities when sampled."""
+
+    prompts: list[list[int]]
+    state: torch.Tensor  # (R, N) ACTIVE / MASKED slots, as the rollout left them
+    z: torch.Tensor  # (R, N, d) the latents drawn
+    feeds: torch.Tensor  # (R, N, d) the vectors fed back (for the step decoder)
+    answer: torch.Tensor  # (R, T) answer tokens, EOS included, padded
+    masks: dict[str, torch.Tensor]  # latent (R, N), stop (R, N), answer (R, T): which actions count
+    stop_labels: torch.Tensor  # (R, N) 1 where the row stopped
+    old: dict[str, torch.Tensor]  # log-probabilities under the sampling weights, keyed like masks
+
+    def rows(self, index: list[int]) -> "Trajectories":
+        idx = torch.tensor(index, dtype=torch.long)
+        pick = lambda t: t[idx.to(t.device)]  # noqa: E731
+        return Trajectories(
+            prompts=[self.prompts[i] for i in index],
+            state=pick(self.state),
+            z=pick(self.z),
+            feeds=pick(self.feeds),
+            answer=pick(self.answer),
+            masks={k: pick(v) for k, v in self.masks.items()},
+            stop_labels=pick(self.stop_labels),
+            old={k: pick(v) for k, v in self.old.items()},
+        )
+
+    @property
+    def latents_used(self) -> torch.Tensor:
+        return (self.state == ACTIVE).sum(-1)
+
+    def answer_ids(self, eos_id: int) -> list[list[int]]:
+        """Each row's answer tokens before EOS."""
+        out = []
+        for row, mask in zip(self.answer.tolist(), self.masks["answer"].tolist()):
+            ids = [t for t, m in zip(row, mask) if m]
+            out.append(ids[:-1] if ids and ids[-1] == eos_id else ids)
+        return out
+
+
+def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def _slot_logps(model: LatentReasoner, run: dict, state: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
+    """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels."""
+    lat = run["latents"]
+    z, mu, logvar = (torch.stack(lat[k], 1) for k in ("z", "mu", "logvar"))
+    R, N = state.shape
+    c = model.cfg.c
+    boundary = torch.zeros(N, dtype=torch.bool, device=state.device)
+    boundary[::c] = True
+    masked = state == MASKED
+    # The stop slot: the first masked slot (always a step boundary); everything after it is masked too.
+    first_masked = torch.where(masked.any(-1), masked.float().argmax(-1), torch.full((R,), N, device=state.device))
+    cols = torch.arange(N, device=state.device)[None]
+    stop_labels = (cols == first_masked[:, None]).long()
+    reached = cols <= first_masked[:, None]
+    logps = {"latent": gaussian_logp(z, mu, logvar)}
+    masks = {"latent": reached & (cols < N)}
+    if model.cfg.spec.stop:
+        stop_logits = torch.stack(lat["stop_logits"], 1).float()
+        logps["stop"] = stop_logits.log_softmax(-1).gather(-1, stop_labels[..., None]).squeeze(-1)
+        masks["stop"] = reached & boundary[None]
+    return logps, masks, stop_labels
+
+
+@torch.no_grad()
+def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, generator: torch.Generator) -> Trajectories:
+    """Sample one trajectory per prompt: latents, stop decisions (by the stop head's distribution), answer tokens."""
+    if not model.cfg.spec.stochastic:
+        raise ValueError(f"RL needs sampled latents; variant {model.cfg.variant!r} has none (use atp or atp_no_stop)")
+    device = next(model.parameters()).device
+    R = len(prompts)
+    prefix, prefix_mask = model.prefix(prompts)
+    state = torch.full((R, model.cfg.slots), ACTIVE, dtype=torch.long, device=device)
+    stop_rule = "sample" if model.cfg.spec.stop else None
+    run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule)
+    state = run["state"][:, : len(run["latents"]["z"])]
+    logps, masks, stop_labels = _slot_logps(model, run, state)
+    # Answer tokens after <eot>, sampled on the cache.
+    T = cfg.max_answer_tokens
+    token = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
+    mask, pos, cache = run["mask"], run["next_pos"], run["cache"]
+    answer = torch.full((R, T), model.pad_id, dtype=torch.long, device=device)
+    answer_logp = torch.zeros(R, T, device=device)
+    answer_mask = torch.zeros(R, T, dtype=torch.bool, device=device)
+    done = torch.zeros(R, dtype=torch.bool, device=device)
+    for t in range(T):
+        mask = torch.cat([mask, torch.ones(R, 1, dtype=torch.long, device=device)], dim=1)
+        hidden = model.core(inputs_embeds=model.embed(token), attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True).last_hidden_state
+        logp = (model.logits(hidden[:, -1]).float() / cfg.temperature).log_softmax(-1)
+        token = torch.multinomial(logp.exp(), 1, generator=generator)
+        answer[:, t] = torch.where(done, torch.full_like(token[:, 0], model.pad_id), token[:, 0])
+        answer_logp[:, t] = logp.gather(-1, token).squeeze(-1)
+        answer_mask[:, t] = ~done
+        done = done | (token[:, 0] == model.eos_id)
+        pos = pos + 1
+        if bool(done.all()):
+            break
+    masks["answer"] = answer_mask
+    logps["answer"] = answer_logp * answer_mask
+    return Trajectories(
+        prompts=list(prompts),
+        state=state,
+        z=torch.stack(run["latents"]["z"], 1),
+        feeds=torch.stack(run["latents"]["feed"], 1),
+        answer=answer,
+        masks=masks,
+        stop_labels=stop_labels,
+        old={k: v.detach() for k, v in logps.items()},
+    )
+
+
+def replay(model: LatentReasoner, traj: Trajectories, temperature: float) -> dict[str, torch.Tensor]:
+    """Log-probabilities of `traj`'s actions under the model's current weights (with gradient)."""
+    device = traj.z.device
+    prefix, prefix_mask = model.prefix(traj.prompts)
+    run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), traj.state, mode="sample", forced_z=traj.z)
+    logps, _, _ = _slot_logps(model, run, traj.state)
+    R = len(traj.prompts)
+    eot = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
+    suffix = torch.cat([eot, traj.answer], dim=1)
+    suffix_mask = torch.cat([torch.ones_like(eot), traj.masks["answer"].long()], dim=1)
+    logits = model.run_suffix(run, suffix, suffix_mask)[:, :-1].float() / temperature
+    logps["answer"] = logits.log_softmax(-1).gather(-1, traj.answer[..., None]).squeeze(-1) * traj.masks["answer"]
+    return logps
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(r - group mean) / (group std + 1e-8), rows grouped in consecutive blocks of `group_size`.
+
+    A group whose rewards are all equal gets zero advantage (and so no gradient), never a division by zero.
+    """
+    groups = rewards.float().view(-1, group_size)
+    mean = groups.mean(-1, keepdim=True)
+    std = groups.std(-1, keepdim=True)  # unbiased, as TRL's GRPO
+    return ((groups - mean) / (std + 1e-8)).view(-1)
+
+
+def ppo_clip_loss(new: dict, old: dict, masks: dict, advantages: torch.Tensor, cfg: RLConfig, ref: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """PPO-clip over every action (latents, stop decisions, answer tokens), a masked mean; optional k3 KL to `ref`."""
+    losses, counts, clipped, kls = [], 0, 0.0, []
+    for key, new_logp in new.items():
+        m = masks[key].float()
+        log_ratio = (new_logp - old[key]).clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)
+        ratio = torch.exp(log_ratio)
+        adv = advantages[:, None].expand_as(ratio)
+        unclipped = ratio * adv
+        clipped_obj = ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * adv
+        per_action = -torch.minimum(unclipped, clipped_obj)
+        if ref is not None and cfg.kl_coef > 0:
+            delta = (ref[key] - new_logp).clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)
+            kl = torch.exp(delta) - delta - 1
+            per_action = per_action + cfg.kl_coef * kl
+            kls.append((kl * m).sum())
+        losses.append((per_action * m).sum())
+        counts += m.sum()
+        is_clipped = ((ratio < 1 - cfg.clip_eps) & (adv < 0)) | ((ratio > 1 + cfg.clip_eps) & (adv > 0))
+        clipped += float((is_clipped.float() * m).sum())
+    total = torch.clamp(torch.as_tensor(counts, dtype=torch.float32), min=1.0)
+    loss = torch.stack(losses).sum() / total
+    stats = {"clip_fraction": clipped / float(total), "actions": float(total)}
+    if kls:
+        stats["kl"] = float(torch.stack(kls).sum().detach() / total)
+    return loss, stats

@@ -1,0 +1,152 @@
+"""The comparison report's figures and the model registry entry of the best RL policy.
+
+    python -m atp.stages.report --config job.yaml --table results/<exp>/table.csv \
+        --rl-runs results/<exp>/train/atp_rl/seed0 ... --out-dir results/<exp>/report
+
+Writes accuracy_vs_tokens.png (average accuracy against average #tokens, one point
+per method, the paper's efficiency picture), rl_curves.png (total reward,
+coherence reward and rollout accuracy per RL step, for each RL run) and
+registry.json. The RL policy with the best *validation* accuracy (never a test
+suite) is registered in the MLflow model registry under
+`<mlflow experiment>-<experiment>-rl-policy` with the alias `best`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from atp import cli
+from atp.runtime import read_json, write_json
+
+log = logging.getLogger("atp.report")
+CURVES = [("rewards/total/mean", "total reward"), ("rewards/coherence/mean", "coherence reward"), ("rl/accuracy", "rollout accuracy")]
+ALIAS = "best"
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` values (the curves are noisy: each step sees a few questions)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_accuracy_vs_tokens(frame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for _, row in frame.iterrows():
+        ax.errorbar(row["avg_tokens"], row["avg_acc"], yerr=row["avg_acc_std"], fmt="o", capsize=3)
+        ax.annotate(row["label"], (row["avg_tokens"], row["avg_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("average #tokens per question (log scale)")
+    ax.set_ylabel("average accuracy over the suites (%)")
+    ax.set_title("Accuracy against tokens spent")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3.8), dpi=120)
+    for ax, (key, title) in zip(axes, CURVES):
+        for (name, rows), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+            steps = [r["step"] for r in rows if key in r]
+            values = [r[key] for r in rows if key in r]
+            if not steps:
+                continue
+            ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
+            ax.plot(steps, moving_average(values, window), color=color, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    if histories:
+        axes[0].legend(fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "no RL methods in this run", ha="center", transform=axes[0].transAxes)
+    fig.suptitle(f"RL runs (faint: per step; solid: mean of the last {window} steps)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def best_rl_run(run_dirs: list[Path]) -> tuple[Path, dict] | None:
+    """The RL run with the highest validation accuracy (mu latents); ties go to the first listed."""
+    scored = []
+    for d in run_dirs:
+        metrics = read_json(d / "metrics.json")
+        if "val/accuracy" in metrics:
+            scored.append((metrics["val/accuracy"], -len(scored), d, metrics))
+    if not scored:
+        return None
+    _, _, d, metrics = max(scored, key=lambda t: (t[0], t[1]))
+    return d, metrics
+
+
+def register(tracker, config: dict, run_dir: Path, metrics: dict) -> dict:
+    """Log the policy folder as artifacts of the report run and register it with the alias `best`."""
+    name = f"{config['mlflow']['experiment_name']}-{config['experiment']}-rl-policy"
+    method, seed = run_dir.parent.name, run_dir.name.removeprefix("seed")
+    entry = {"registered": False, "model_name": name, "alias": ALIAS, "method": method, "seed": int(seed), "val_accuracy": metrics["val/accuracy"], "path": str(run_dir / "model")}
+    if not tracker.enabled:
+        return entry
+    client, run_id = tracker.client, tracker.run_id
+    tracker.log_artifacts(run_dir / "model", "policy")
+    try:
+        client.create_registered_model(name, description="ATP-Latent RL policies; alias `best` = highest validation accuracy of the latest run.")
+    except Exception:  # noqa: BLE001 - it exists already (registered by an earlier run)
+        pass
+    source = f"{client.get_run(run_id).info.artifact_uri}/policy"
+    version = client.create_model_version(name, source=source, run_id=run_id, tags={"method": method, "seed": seed, "val_accuracy": str(metrics["val/accuracy"])})
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    log.info("registered %s (val accuracy %.3f) as %s version %s, alias %s", method, metrics["val/accuracy"], name, version.version, ALIAS)
+    return {**entry, "registered": True, "version": int(version.version), "source": source}
+
+
+def main(args, config: dict) -> None:
+    import pandas as pd
+
+    from atp.tracking import Tracker
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_csv(args.table)
+    plot_accuracy_vs_tokens(frame, out_dir / "accuracy_vs_tokens.png")
+    run_dirs = [Path(d) for d in args.rl_runs]
+    histories = {f"{d.parent.name} (seed {d.name.removeprefix('seed')})": read_history(d / "history.jsonl") for d in run_dirs}
+    plot_rl_curves(histories, out_dir / "rl_curves.png")
+    with Tracker(config, "report", args.parent, "report", {"rule": args.rule or "report"}, enabled=not args.no_tracking) as tracker:
+        best = best_rl_run(run_dirs)
+        entry = register(tracker, config, *best) if best else {"registered": False, "reason": "no RL run with a validation accuracy"}
+        write_json(out_dir / "registry.json", {k: v for k, v in entry.items() if k not in ("version", "source")})
+        for png in ("accuracy_vs_tokens.png", "rl_curves.png"):
+            tracker.log_artifact(out_dir / png)
+    log.info("wrote %s", ", ".join(str(out_dir / f) for f in ("accuracy_vs_tokens.png", "rl_curves.png", "registry.json")))
+
+
+if __name__ == "__main__":
+    p = cli.parser("Figures of the comparison report and the registry entry of the best RL policy.")
+    p.add_argument("--table", required=True, help="table.csv written by atp.stages.table")
+    p.add_argument("--rl-runs", nargs="*", default=[], help="folders of the RL runs (train/<method>/seed<k>)")
+    p.add_argument("--out-dir", required=True)
+    cli.run(main, p)

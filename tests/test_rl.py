@@ -1,0 +1,113 @@
+"""GRPO over latent trajectories: advantages, rollout/replay agreement, the PPO-clip update, the stage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from atp import modeling
+from atp.latent import ACTIVE, LatentConfig, LatentReasoner
+from atp.rewards import RewardConfig
+from atp.rl import RLConfig, group_advantages, ppo_clip_loss, replay, rollout
+from atp.runtime import seed_everything
+
+TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+
+
+def policy(tiny_data, variant="atp", c=2, max_steps=3):
+    cfg, splits, tok = tiny_data
+    seed_everything(0)
+    model = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant=variant, c=c, max_steps=max_steps, decoder=TINY_DECODER), tok)
+    prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4]]
+    return model.eval(), [p for p in prompts for _ in range(4)], tok
+
+
+def test_advantages_of_a_hand_built_group():
+    adv = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0, 2.0, 2.0, 2.0]), 4)
+    std = torch.tensor([1.0, 0.0, 1.0, 0.0]).std()  # unbiased, as TRL
+    assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, 0.5, -0.5]) / (std + 1e-8))
+    assert torch.equal(adv[4:], torch.zeros(4))  # all equal: zero advantage, no division by zero
+    assert torch.isfinite(adv).all()
+
+
+def test_group_size_one_and_a_minibatch_that_does_not_divide_are_refused():
+    with pytest.raises(ValueError, match="group_size"):
+        RLConfig(group_size=1)
+    with pytest.raises(ValueError, match="minibatch_size"):
+        RLConfig(questions=3, group_size=2, minibatch_size=4)
+
+
+@pytest.mark.parametrize("variant", ["atp", "atp_no_stop"])
+def test_replay_gives_the_rollout_log_probabilities_before_any_update(tiny_data, variant):
+    model, prompts, _ = policy(tiny_data, variant)
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6)
+    traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(0))
+    new = replay(model, traj, cfg.temperature)
+    assert set(new) == set(traj.old) == ({"latent", "stop", "answer"} if variant == "atp" else {"latent", "answer"})
+    for key in new:
+        m = traj.masks[key]
+        assert torch.allclose(new[key][m], traj.old[key][m], atol=1e-3), key
+    used = traj.latents_used
+    assert ((used % 2) == 0).all() and (used <= 6).all()
+    assert torch.equal(traj.masks["latent"].sum(-1), torch.clamp(used + (traj.stop_labels.sum(-1)), max=6))
+    if variant == "atp":  # one stop decision per boundary reached, the last one the stop itself
+        assert torch.equal(traj.masks["stop"].sum(-1), used // 2 + traj.stop_labels.sum(-1))
+
+
+def test_ppo_clip_loss_at_ratio_one_is_minus_the_mean_advantage_and_clips_large_ratios():
+    cfg = RLConfig(questions=1, group_size=2, minibatch_size=2)
+    old = {"answer": torch.zeros(2, 3)}
+    masks = {"answer": torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)}
+    adv = torch.tensor([1.0, -1.0])
+    loss, stats = ppo_clip_loss({"answer": torch.zeros(2, 3)}, old, masks, adv, cfg)
+    assert loss.item() == pytest.approx(-(1 + 1 - 1) / 3)
+    assert stats["clip_fraction"] == 0.0
+    # log-ratio 10 is clamped to 3; the positive-advantage row is clipped at 1 + eps
+    loss, stats = ppo_clip_loss({"answer": torch.full((2, 3), 10.0)}, old, masks, adv, cfg)
+    assert loss.item() == pytest.approx(-(1.2 * 2 - torch.exp(torch.tensor(3.0)).item()) / 3, rel=1e-5)
+    assert stats["clip_fraction"] == pytest.approx(2 / 3)
+
+
+def test_a_grpo_update_changes_the_policy_and_leaves_the_decoder_frozen(tiny_data):
+    from atp.stages.rl import freeze_decoder
+
+    model, prompts, _ = policy(tiny_data)
+    freeze_decoder(model)
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6)
+    traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(1))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0] * 4), 4)
+    loss, _ = ppo_clip_loss(replay(model, traj, cfg.temperature), traj.old, traj.masks, advantages, cfg)
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert any(k.startswith("backbone.") for k in changed)
+    assert any(k.startswith("mu_head") for k in changed) and any(k.startswith("stop_head") for k in changed)
+    assert not any(k.startswith(("decoder.", "decoder_proj.")) for k in changed)
+
+
+def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
+    import copy
+
+    from atp.modeling import apply_lora
+    from atp.stages.rl import freeze_decoder, grpo_step
+
+    model, prompts, tok = policy(tiny_data)
+    model.backbone = apply_lora(model.backbone, {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    freeze_decoder(model)
+    ref = copy.deepcopy(model).requires_grad_(False)
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=8, max_answer_tokens=6, kl_coef=0.1)
+    # Coherence only, ungated: an untrained policy already varies in it (rows that stop at once score 1).
+    rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and n.startswith("backbone."))
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    answers = ["1"] * len(prompts)
+    metrics, trajectories = grpo_step(model, optimizer, trainable, prompts, answers, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, ref)
+    assert len(trajectories) == 16 and all("latent_steps" in t for t in trajectories)
+    for key in ("rewards/total/mean", "rewards/coherence/mean", "rewards/total/group_std", "rl/accuracy", "rl/latents", "rl/clip_fraction", "rl/loss", "rl/kl"):
+        assert key in metrics and metrics[key] == metrics[key], key
+    assert metrics["rewards/total/group_std"] > 0
