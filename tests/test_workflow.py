@@ -149,6 +149,12 @@ def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the
     assert "trajectories" in {a.path for a in client.list_artifacts(rl_run.info.run_id)}
 
 
+def test_snakemake_report_writes_one_self_contained_page(pipeline):
+    snakemake(pipeline, "--report", str(pipeline / "report.html"))
+    page = (pipeline / "report.html").read_text(errors="replace")
+    assert "accuracy_vs_tokens.png" in page and "rl_curves.png" in page and "table.md" in page
+
+
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
     assert counts.get("train") == 1 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1

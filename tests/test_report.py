@@ -1,0 +1,46 @@
+"""The report's pieces: curve smoothing, the choice of the policy to register (by validation only), the figures."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from atp.stages.report import best_rl_run, moving_average, plot_accuracy_vs_tokens, plot_rl_curves
+
+
+def test_moving_average_is_a_trailing_mean():
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_the_registered_policy_is_the_best_on_validation_never_a_test_suite(tmp_path):
+    runs = []
+    for name, val, test in (("atp_rl", 0.50, 0.90), ("atp_rl_answer_only", 0.60, 0.10)):
+        run = tmp_path / name / "seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"val/accuracy": val, "eval/test/accuracy": test}))
+        runs.append(run)
+    best, metrics = best_rl_run(runs)
+    assert best.parent.name == "atp_rl_answer_only" and metrics["val/accuracy"] == 0.60
+
+
+def test_the_figures_are_written(tmp_path):
+    frame = pd.DataFrame([{"label": "A", "avg_acc": 50.0, "avg_acc_std": 1.0, "avg_tokens": 9.0}, {"label": "B", "avg_acc": 80.0, "avg_acc_std": 0.0, "avg_tokens": 26.0}])
+    plot_accuracy_vs_tokens(frame, tmp_path / "a.png")
+    history = [{"step": s, "rewards/total/mean": s / 10, "rewards/coherence/mean": 0.2, "rl/accuracy": 0.5} for s in range(1, 6)]
+    plot_rl_curves({"atp_rl": history}, tmp_path / "b.png")
+    plot_rl_curves({}, tmp_path / "c.png")
+    assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("a.png", "b.png", "c.png"))
+
+
+def test_a_resumed_run_rewrites_its_history_from_the_step_it_restarts_at(tmp_path):
+    from atp.stages.common import History
+
+    first = History(tmp_path / "history.jsonl")
+    for step in (1, 2, 3):
+        first(step, {"train/loss": float(step), "train/steps_per_s": 9.0})
+    resumed = History(tmp_path / "history.jsonl")  # restarted from a checkpoint taken after step 1
+    for step in (2, 3):
+        resumed(step, {"train/loss": step + 0.5})
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 2.5}, {"step": 3, "train/loss": 3.5}]
