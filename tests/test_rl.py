@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,45 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
     for key in ("rewards/total/mean", "rewards/coherence/mean", "rewards/total/group_std", "rl/accuracy", "rl/latents", "rl/clip_fraction", "rl/loss", "rl/kl"):
         assert key in metrics and metrics[key] == metrics[key], key
     assert metrics["rewards/total/group_std"] > 0
+
+
+def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, tmp_path):
+    """Run 4 RL steps; then rerun from the step-2 checkpoint: the final weights and metrics are the same."""
+    from safetensors.torch import load_file
+
+    from atp import cli, config
+    from atp.data.records import write_jsonl
+    from atp.latent import save_latent
+    from atp.stages import rl as rl_stage
+
+    cfg, splits, tok = tiny_data
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", splits["train"])
+    write_jsonl(data / "val.jsonl", splits["val"])
+    tok.save_pretrained(data / "tokenizer")
+    model, _, _ = policy(tiny_data)
+    save_latent(model, tok, tmp_path / "atp", {"step": 0})
+    job = config.resolve({
+        **{k: cfg[k] for k in ("data", "model")},
+        "train": {**cfg["train"], "steps": 4, "checkpoint_every": 2, "val_samples": 0, "lr": 1e-3},
+        "rl": {"questions": 2, "group_size": 4, "minibatch_size": 4, "max_answer_tokens": 4, "trajectories_every": 2},
+        "methods": {"atp_rl": {"stage": "rl"}},
+    })
+    config.dump(job, tmp_path / "job.yaml")
+    argv = ["--config", str(tmp_path / "job.yaml"), "--method", "atp_rl", "--data-dir", str(data), "--init", str(tmp_path / "atp"), "--no-tracking"]
+    parser = cli.training_parser("rl")
+    cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "a"), "--checkpoint-dir", str(tmp_path / "ck_a")])
+    cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
+    # b is interrupted after its step-2 checkpoint: drop what it wrote after, and rerun it.
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "model")
+    (tmp_path / "b" / "metrics.json").unlink()
+    cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
+    a, b = (load_file(tmp_path / d / "model" / "latent_heads.safetensors") for d in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
+    assert mb.pop("train/resumed_from_step") == 2 and ma.pop("train/resumed_from_step") == 0
+    assert ma == mb
+    history = [json.loads(line)["step"] for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert history == [1, 2, 3, 4]
