@@ -163,7 +163,10 @@ def split_source(spec: dict):
         raise ValueError("source 'file' needs 'path'")
     if spec["source"] == "hub" and "hub_id" not in spec:
         raise ValueError("source 'hub' needs 'hub_id'")
-    return SourceSpec(**{k: v for k, v in spec.items() if k in SOURCE_KEYS})
+    # Only the chosen source's keys: an overlay that switches a split from hub to file (merged key by
+    # key, as Snakemake merges) leaves the hub keys behind, and they must not count.
+    keys = {"file": ("format", "path", "limit"), "hub": ("format", "hub_id", "hub_config", "hub_split", "limit")}[spec["source"]]
+    return SourceSpec(**{k: v for k, v in spec.items() if k in keys})
 
 
 def method_train(config: dict, method: str) -> dict:

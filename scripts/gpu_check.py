@@ -52,7 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 for _key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_key, "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
 
 PAPER_STEPS = {"sft": 72300, "latent": 301250, "rl": 1000}  # config/paper.yaml's budgets
 TINY_CONFIG = {
@@ -65,7 +64,7 @@ TINY_CONFIG = {
     "num_key_value_heads": 2,
     "head_dim": 16,
     "vocab_size": 1024,
-    "max_position_embeddings": 2048,
+    "max_position_embeddings": 131072,
     "rope_theta": 500000.0,
     "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
     "tie_word_embeddings": True,

@@ -129,3 +129,22 @@ def test_rl_settings_belong_to_rl_methods_and_reach_only_their_jobs():
     assert job["rl"]["rewards"] == {**cfg["rl"]["rewards"], "coherence": 0.0} and "latent" not in job
     assert "rl" not in config.job_config(cfg, "train_atp")
     config.resolve(job)  # a job config is a valid config by itself (it carries no init)
+
+
+def test_an_overlay_switching_a_split_from_hub_to_file_leaves_the_hub_keys_behind():
+    base = {"data": {"suites": {"gsm8k": {"source": "hub", "format": "gsm8k", "hub_id": "openai/gsm8k", "hub_config": "main", "hub_split": "test"}}}}
+    merged = config.merge(base, {"data": {"suites": {"gsm8k": {"source": "file", "path": "data/gsm8k/test.jsonl"}}}})
+    spec = config.split_source(config.split_specs(config.resolve(merged))["gsm8k"])
+    assert spec.path == "data/gsm8k/test.jsonl" and spec.hub_id is None
+
+
+def test_the_paper_configs_are_valid_with_and_without_the_hub():
+    root = config.SCHEMA_PATH.parents[2]
+    paper = config.load(root / "config" / "config.yaml", root / "config" / "paper.yaml")
+    config.check_pipeline(paper)
+    assert paper["model"]["pretrained"] and paper["latent"]["max_steps"] == 10 and paper["train"]["bf16"]
+    assert paper["data"]["train"]["source"] == "hub"
+    local = config.load(root / "config" / "config.yaml", root / "config" / "paper.yaml", root / "config" / "paper_local.yaml")
+    config.check_pipeline(local)
+    for name, spec in config.split_specs(local).items():
+        assert spec["source"] == "file" and config.split_source(spec).hub_id is None, name

@@ -21,10 +21,12 @@ def test_rows_follow_baselines_controls_then_latent_methods():
         "nocot_ft": {"stage": "sft", "format": "nocot", "init": "cot_sft"},
         "nocot_sft": {"stage": "sft", "format": "nocot"},
         "cot_sft": {"stage": "sft", "format": "cot"},
+        "atp_no_vae": {"stage": "latent_sft", "variant": "atp_no_vae"},
+        "atp_rl": {"stage": "rl", "init": "atp"},
     }
     metrics = [metric(name, "test", 0.5) for name in methods]
     frame, _ = aggregate(metrics, methods)
-    assert list(frame["method"]) == ["cot_sft", "nocot_sft", "nocot_ft", "pause", "atp"]
+    assert list(frame["method"]) == ["cot_sft", "nocot_sft", "nocot_ft", "pause", "atp", "atp_rl", "atp_no_vae"]
 
 
 def test_one_seed_reports_the_spread_of_the_sampled_evaluations():

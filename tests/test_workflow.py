@@ -155,6 +155,13 @@ def test_snakemake_report_writes_one_self_contained_page(pipeline):
     assert "accuracy_vs_tokens.png" in page and "rl_curves.png" in page and "table.md" in page
 
 
+def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline):
+    # nocot_ft (switched off here) and pause share one budget in config/config.yaml; Snakemake merges
+    # overlays in place, so a shared YAML object would carry the change over to pause.
+    result = snakemake(pipeline, "-n", extra_config="methods: {nocot_ft: {train: {steps: 9}}}\n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
     assert counts.get("train") == 1 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1
