@@ -148,8 +148,9 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     shutil.rmtree(tmp_path / "b" / "model")
     (tmp_path / "b" / "metrics.json").unlink()
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
-    a, b = (load_file(tmp_path / d / "model" / "latent_heads.safetensors") for d in ("a", "b"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for weights in ("latent_heads.safetensors", "model.safetensors"):  # the heads, then the backbone
+        a, b = (load_file(tmp_path / d / "model" / weights) for d in ("a", "b"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
     assert mb.pop("train/resumed_from_step") == 2 and ma.pop("train/resumed_from_step") == 0
     assert ma == mb
