@@ -23,6 +23,8 @@ SYNTHETIC_KEYS = ("n", "min_ops", "max_ops", "max_quantity", "max_operand", "max
 # What a training or evaluation job reads of its method (a label or the enabled flag must not rerun it;
 # `init` arrives as an input path, `train` and `latent` merged into their sections).
 JOB_METHOD_KEYS = ("stage", "format", "variant")
+# What the table reads of each method: its label and what orders the rows.
+TABLE_METHOD_KEYS = ("stage", "format", "variant", "init", "label")
 SOURCE_KEYS = ("format", "path", "hub_id", "hub_config", "hub_split", "limit")
 
 
@@ -210,8 +212,9 @@ def job_config(config: dict, job: str) -> dict:
     if kind == "eval" and method in config["methods"]:
         spec = {k: v for k, v in config["methods"][method].items() if k in JOB_METHOD_KEYS}
         return {**base, "eval": config["eval"], "methods": {method: spec}}
-    if job == "table":
-        return {**base, "methods": config["methods"], "seeds": config["seeds"]}
+    if job == "table":  # the rows' names and order only: a method's budget must not rerun the table
+        rows = {name: {k: v for k, v in spec.items() if k in TABLE_METHOD_KEYS} for name, spec in config["methods"].items()}
+        return {**base, "methods": rows, "seeds": config["seeds"]}
     if job == "report":
         return base
     raise ConfigError(f"unknown job {job!r}")
