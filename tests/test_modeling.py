@@ -1,5 +1,6 @@
 """Tokenizer and backbone: the built miniature and the pretrained-model path (offline, tiny)."""
 
+import pytest
 import torch
 
 from atp import modeling
@@ -82,3 +83,44 @@ def test_save_and_load_model_merges_lora(tmp_path, tiny_data):
     assert not any("lora" in n for n, _ in loaded.named_parameters())
     assert torch.allclose(loaded(input_ids=x).logits, expected, atol=1e-5)
     assert len(tok2) == len(tok)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tiny_data, tmp_path, lora):
+    """The pretrained path through the stage CLIs (offline, a tiny saved Llama): CoT-SFT, the latent stage, RL."""
+    from safetensors.torch import load_file
+
+    from atp import cli, config
+    from atp.data.records import write_jsonl
+    from atp.latent import load_latent
+    from atp.stages import latent_sft, rl, sft
+    from conftest import tiny_config
+
+    _, splits, _ = tiny_data
+    folder = tmp_path / "pretrained"
+    n_before = _save_tiny_pretrained(folder)
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", splits["train"][:40])
+    modeling.pretrained_tokenizer(str(folder)).save_pretrained(data / "tokenizer")
+    job = tmp_path / "job.yaml"
+    lora_cfg = {"enabled": lora, "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
+    config.dump(
+        tiny_config(
+            model={"pretrained": str(folder), "lora": lora_cfg},
+            train={"steps": 2, "batch_size": 4, "val_samples": 0, "max_length": 1024},
+            latent={"c": 1, "max_steps": 2, "stage_steps": 1, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
+            rl={"questions": 2, "group_size": 2, "minibatch_size": 2, "max_answer_tokens": 3},
+            methods={"cot_sft": {"stage": "sft", "format": "cot"}, "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
+        ),
+        job,
+    )
+    common = ["--config", str(job), "--data-dir", str(data), "--no-tracking"]
+    cli.run(sft.main, cli.training_parser("sft"), common + ["--method", "cot_sft", "--out-dir", str(tmp_path / "cot")])
+    cli.run(latent_sft.main, cli.training_parser("latent"), common + ["--method", "atp", "--out-dir", str(tmp_path / "atp"), "--init", str(tmp_path / "cot" / "model")])
+    cli.run(rl.main, cli.training_parser("rl"), common + ["--method", "atp_rl", "--out-dir", str(tmp_path / "rl"), "--init", str(tmp_path / "atp" / "model")])
+    for stage in ("cot", "atp", "rl"):
+        weights = load_file(tmp_path / stage / "model" / "model.safetensors")
+        assert not any("lora_" in k for k in weights), stage  # adapters merged on save
+    model, tokenizer = load_latent(tmp_path / "rl" / "model")
+    assert len(tokenizer) == n_before + 4 and model.backbone.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert model.generate([modeling.prompt_ids(tokenizer, splits["val"][0]["question"])], mode="mu", max_answer_tokens=3)[0]["latents"] <= 2
