@@ -109,7 +109,7 @@ def check_rl(config: dict, name: str) -> None:
     A job config carries no `init` (the model arrives as a path), so the start is checked
     only where `init` is given; `check_pipeline` insists on it.
     """
-    from atp.latent import VARIANTS
+    from atp.variants import VARIANTS
 
     methods = config["methods"]
     root = methods[name].get("init")

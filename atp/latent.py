@@ -33,35 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from atp.text import BOT, EOT, LATENT
+from atp.variants import VARIANTS, Variant  # noqa: F401 - the table lives where the config checks read it without torch
 
 IGNORE = -100
 ACTIVE, MASKED, ABSENT = 1, 2, 0
-
-
-@dataclass(frozen=True)
-class Variant:
-    """What a latent method puts into its slots and what it trains."""
-
-    feed: str  # hidden | sample | mu | pause
-    kl: bool
-    decoder: bool
-    stop: bool
-    surplus: str  # fixed (surplus slots stay in the context) | masked (removed, the stop head learns them)
-    surplus_target: str | None  # what the decoder reads from a surplus step: eos | answer | None
-
-    @property
-    def stochastic(self) -> bool:
-        return self.feed == "sample"
-
-
-VARIANTS = {
-    "coconut": Variant("hidden", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None),
-    "simcot": Variant("hidden", kl=False, decoder=True, stop=False, surplus="fixed", surplus_target="answer"),
-    "atp": Variant("sample", kl=True, decoder=True, stop=True, surplus="masked", surplus_target="eos"),
-    "atp_no_vae": Variant("mu", kl=False, decoder=True, stop=True, surplus="masked", surplus_target="eos"),
-    "atp_no_stop": Variant("sample", kl=True, decoder=True, stop=False, surplus="fixed", surplus_target="eos"),
-    "pause": Variant("pause", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None),
-}
 
 
 @dataclass(frozen=True)
@@ -492,28 +467,40 @@ class LatentReasoner(nn.Module):
         run = self.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode=mode, generator=generator, stop_rule="argmax" if self.cfg.spec.stop else None)
         used = (run["state"] == ACTIVE).sum(-1)
         feeds = torch.stack(run["latents"]["feed"], 1)
-        # Greedy answer after <eot>, one token at a time on the cache.
+        tokens, taken, _ = self.decode_answer(run, max_answer_tokens)
+        ids = answer_ids(tokens, taken, self.eos_id)
+        return [{"answer_ids": ids[b], "latents": int(n), "feeds": feeds[b, : int(n)].cpu()} for b, n in enumerate(used)]
+
+    def decode_answer(self, run: dict, max_tokens: int, temperature: float | None = None, generator: torch.Generator | None = None):
+        """The answer after <eot>, one token at a time on the run's cache: greedy, or sampled at `temperature`.
+
+        Returns the tokens (B, T; padding after a row's EOS), which of them were taken (through
+        the EOS) and, when sampling, each taken token's log-probability (None when greedy).
+        """
+        B, device = run["mask"].shape[0], run["mask"].device
         token = torch.full((B, 1), self.eot_id, dtype=torch.long, device=device)
         mask, pos, cache = run["mask"], run["next_pos"], run["cache"]
-        answers = torch.full((B, max_answer_tokens), self.pad_id, dtype=torch.long, device=device)
+        tokens = torch.full((B, max_tokens), self.pad_id, dtype=torch.long, device=device)
+        taken = torch.zeros((B, max_tokens), dtype=torch.bool, device=device)
+        logps = torch.zeros((B, max_tokens), device=device) if temperature is not None else None
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        lengths = torch.full((B,), max_answer_tokens, dtype=torch.long, device=device)
-        for t in range(max_answer_tokens):
+        for t in range(max_tokens):
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=device)], dim=1)
             hidden = self.core(inputs_embeds=self.embed(token), attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True).last_hidden_state
-            token = self.logits(hidden[:, -1]).argmax(-1, keepdim=True)
+            logits = self.logits(hidden[:, -1])
+            if temperature is None:
+                token = logits.argmax(-1, keepdim=True)
+            else:
+                logp = (logits.float() / temperature).log_softmax(-1)
+                token = torch.multinomial(logp.exp(), 1, generator=generator)
+                logps[:, t] = logp.gather(-1, token).squeeze(-1)
+            tokens[:, t] = torch.where(done, torch.full_like(token[:, 0], self.pad_id), token[:, 0])
+            taken[:, t] = ~done
+            done = done | (token[:, 0] == self.eos_id)
             pos = pos + 1
-            newly = (~done) & (token[:, 0] == self.eos_id)
-            lengths = torch.where(newly, torch.full_like(lengths, t), lengths)
-            done = done | newly
-            answers[:, t] = token[:, 0]
             if bool(done.all()):
                 break
-        results = []
-        for b in range(B):
-            n = int(used[b])
-            results.append({"answer_ids": answers[b, : int(lengths[b])].tolist(), "latents": n, "feeds": feeds[b, :n].cpu()})
-        return results
+        return tokens, taken, logps
 
     @torch.no_grad()
     def decode_steps(self, feeds: list[torch.Tensor], tokenizer, batch_size: int = 512) -> list[list[str]]:
@@ -539,6 +526,15 @@ class LatentReasoner(nn.Module):
                 ids = ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
                 texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
         return texts
+
+
+def answer_ids(tokens: torch.Tensor, taken: torch.Tensor, eos_id: int) -> list[list[int]]:
+    """Each row's answer tokens before its EOS (from `LatentReasoner.decode_answer`)."""
+    out = []
+    for row, mask in zip(tokens.tolist(), taken.tolist()):
+        ids = [t for t, m in zip(row, mask) if m]
+        out.append(ids[:-1] if ids and ids[-1] == eos_id else ids)
+    return out
 
 
 class LatentObjective:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from atp.latent import ACTIVE, MASKED, LatentReasoner
+from atp.latent import ACTIVE, MASKED, LatentReasoner, answer_ids
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -97,11 +97,7 @@ class Trajectories:
 
     def answer_ids(self, eos_id: int) -> list[list[int]]:
         """Each row's answer tokens before EOS."""
-        out = []
-        for row, mask in zip(self.answer.tolist(), self.masks["answer"].tolist()):
-            ids = [t for t, m in zip(row, mask) if m]
-            out.append(ids[:-1] if ids and ids[-1] == eos_id else ids)
-        return out
+        return answer_ids(self.answer, self.masks["answer"], eos_id)
 
 
 def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -145,26 +141,7 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule)
     state = run["state"][:, : len(run["latents"]["z"])]
     logps, masks, stop_labels = _slot_logps(model, run, state)
-    # Answer tokens after <eot>, sampled on the cache.
-    T = cfg.max_answer_tokens
-    token = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
-    mask, pos, cache = run["mask"], run["next_pos"], run["cache"]
-    answer = torch.full((R, T), model.pad_id, dtype=torch.long, device=device)
-    answer_logp = torch.zeros(R, T, device=device)
-    answer_mask = torch.zeros(R, T, dtype=torch.bool, device=device)
-    done = torch.zeros(R, dtype=torch.bool, device=device)
-    for t in range(T):
-        mask = torch.cat([mask, torch.ones(R, 1, dtype=torch.long, device=device)], dim=1)
-        hidden = model.core(inputs_embeds=model.embed(token), attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True).last_hidden_state
-        logp = (model.logits(hidden[:, -1]).float() / cfg.temperature).log_softmax(-1)
-        token = torch.multinomial(logp.exp(), 1, generator=generator)
-        answer[:, t] = torch.where(done, torch.full_like(token[:, 0], model.pad_id), token[:, 0])
-        answer_logp[:, t] = logp.gather(-1, token).squeeze(-1)
-        answer_mask[:, t] = ~done
-        done = done | (token[:, 0] == model.eos_id)
-        pos = pos + 1
-        if bool(done.all()):
-            break
+    answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
     masks["answer"] = answer_mask
     logps["answer"] = answer_logp * answer_mask
     return Trajectories(

@@ -160,6 +160,21 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
 # ---------------------------------------------------------------- the loop
 
 
+def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path) -> tuple[list, torch.optim.Optimizer, int]:
+    """(trainable parameters, AdamW over them, the step to start from): restored from the newest checkpoint if any.
+
+    Every training loop (the SFT stages here, the RL stage) starts this way, so they resume alike.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    start = 0
+    existing = checkpoints(ckpt_dir)
+    if existing:
+        start = load_checkpoint(existing[-1], model, optimizer)
+        log.info("resuming from checkpoint %s (step %d of %d)", existing[-1], start, cfg.steps)
+    return trainable, optimizer, start
+
+
 def train(
     model,
     items: list,
@@ -185,13 +200,7 @@ def train(
     if lengths is None:
         lengths = [len(e.input_ids) for e in items]
     schedule = batch_schedule(lengths, cfg.batch_size, cfg.steps, seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    start = 0
-    existing = checkpoints(ckpt_dir)
-    if existing:
-        start = load_checkpoint(existing[-1], model, optimizer)
-        log.info("resuming from checkpoint %s (step %d of %d)", existing[-1], start, cfg.steps)
+    trainable, optimizer, start = optimizer_and_resume(model, cfg, ckpt_dir)
     ddp_model = model
     if dist.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)

@@ -302,11 +302,23 @@ def latent_records(args, config, tok, n: int, rng: random.Random):
     return records
 
 
+def new_reasoner(args, config, tok, dist, cfg):
+    """A LatentReasoner around a new backbone, on the device, cast to bf16 when --precision bf16."""
+    import torch
+
+    from atp.latent import LatentReasoner
+
+    backbone = new_backbone(config, dist.device, args.precision)
+    with torch.device(dist.device):
+        model = LatentReasoner(backbone, cfg, tok)
+    return model.to(torch.bfloat16) if args.precision == "bf16" else model
+
+
 def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
     """The latent loop (forward, a batch) and latent-SFT steps at the last curriculum stage."""
     import torch
 
-    from atp.latent import ACTIVE, LatentConfig, LatentObjective, LatentReasoner
+    from atp.latent import ACTIVE, LatentConfig, LatentObjective
     from atp.modeling import count_parameters
 
     rng = random.Random(args.seed + 1)
@@ -314,12 +326,8 @@ def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
     # stage_steps=0: every optimizer step at the last curriculum stage (all steps latent, 20 slots), the dearest.
     cfg = LatentConfig(variant="atp", c=2, max_steps=10, beta=1e-3, decoder_weight=1.0, rescale="none", decoder=decoder, stage_steps=0)
     meter.reset()
-    backbone = new_backbone(config, dist.device, args.precision)
-    with torch.device(dist.device):
-        model = LatentReasoner(backbone, cfg, tok)
-    if args.precision == "bf16":
-        model = model.to(torch.bfloat16)
-    n_backbone = count_parameters(backbone)
+    model = new_reasoner(args, config, tok, dist, cfg)
+    n_backbone = count_parameters(model.backbone)
 
     # 1. The loop alone, forward, as evaluation and rollouts run it.
     prompts = [r.prompt for r in latent_records(args, config, tok, args.latent_batch, rng)]
@@ -360,7 +368,7 @@ def part_rl(args, config, tok, dist, meter, peak, model=None) -> dict:
     """GRPO steps through atp.stages.rl.grpo_step (rollouts, rewards, 8 PPO minibatch updates)."""
     import torch
 
-    from atp.latent import LatentConfig, LatentReasoner
+    from atp.latent import LatentConfig
     from atp.modeling import count_parameters
     from atp.rewards import RewardConfig
     from atp.rl import RLConfig
@@ -370,12 +378,7 @@ def part_rl(args, config, tok, dist, meter, peak, model=None) -> dict:
     meter.reset()
     if model is None:
         decoder = SIZES["decoder"][1 if args.tiny else 0]
-        cfg = LatentConfig(variant="atp", c=2, max_steps=10, rescale="none", decoder=decoder)
-        backbone = new_backbone(config, dist.device, args.precision)
-        with torch.device(dist.device):
-            model = LatentReasoner(backbone, cfg, tok)
-        if args.precision == "bf16":
-            model = model.to(torch.bfloat16)
+        model = new_reasoner(args, config, tok, dist, LatentConfig(variant="atp", c=2, max_steps=10, rescale="none", decoder=decoder))
     model = freeze_decoder(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.01, betas=(0.9, 0.95))

@@ -52,3 +52,13 @@ def tiny_data():
     cfg = tiny_config()
     splits, _ = build_splits(cfg)
     return cfg, splits, make_tokenizer(cfg, splits["train"])
+
+
+def write_data_dir(folder: Path, splits: dict, tokenizer, names=("train", "val")) -> Path:
+    """A prepared-data folder as data prep leaves it (the named splits and the tokenizer), for stage CLIs."""
+    from atp.data.records import write_jsonl
+
+    for name in names:
+        write_jsonl(folder / f"{name}.jsonl", splits[name])
+    tokenizer.save_pretrained(folder / "tokenizer")
+    return folder

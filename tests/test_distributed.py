@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, ROOT, tiny_config
+from conftest import PYTHON, ROOT, tiny_config, write_data_dir
 
 pytestmark = pytest.mark.slow
 # The two runs sum the same per-token losses in a different order (per process, then all-reduced): float32
@@ -35,12 +35,9 @@ stage_method = {"sft": "cot_sft", "latent_sft": "coconut"}
 
 def test_two_processes_follow_the_one_process_curve(tiny_data, tmp_path):
     from atp import config
-    from atp.data.records import write_jsonl
 
     cfg, splits, tok = tiny_data
-    data = tmp_path / "data"
-    write_jsonl(data / "train.jsonl", splits["train"])
-    tok.save_pretrained(data / "tokenizer")
+    data = write_data_dir(tmp_path / "data", splits, tok, names=("train",))
     job = tmp_path / "job.yaml"
     config.dump(
         tiny_config(

@@ -120,15 +120,12 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     from safetensors.torch import load_file
 
     from atp import cli, config
-    from atp.data.records import write_jsonl
+    from conftest import write_data_dir
     from atp.latent import save_latent
     from atp.stages import rl as rl_stage
 
     cfg, splits, tok = tiny_data
-    data = tmp_path / "data"
-    write_jsonl(data / "train.jsonl", splits["train"])
-    write_jsonl(data / "val.jsonl", splits["val"])
-    tok.save_pretrained(data / "tokenizer")
+    data = write_data_dir(tmp_path / "data", splits, tok)
     model, _, _ = policy(tiny_data)
     save_latent(model, tok, tmp_path / "atp", {"step": 0})
     job = config.resolve({

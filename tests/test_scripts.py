@@ -10,13 +10,10 @@ from conftest import PYTHON, ROOT
 
 def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
     from atp import modeling
-    from atp.data.records import write_jsonl
+    from conftest import write_data_dir
 
     cfg, splits, tok = tiny_data
-    data = tmp_path / "data"
-    write_jsonl(data / "train.jsonl", splits["train"])
-    write_jsonl(data / "val.jsonl", splits["val"])
-    tok.save_pretrained(data / "tokenizer")
+    data = write_data_dir(tmp_path / "data", splits, tok)
     modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "cot", {})
     setting = {"variant": "atp", "steps": 3, "stage_steps": 1, "batch_size": 4, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}}
     out = tmp_path / "points.jsonl"

@@ -54,10 +54,14 @@ def starting_model(args, config: dict, tokenizer):
     return modeling.apply_lora(model, config["model"]["lora"])
 
 
+def reproducible(metrics: dict) -> dict:
+    """The metrics a rerun reproduces exactly (timings left out), floats rounded: what files under results/ hold."""
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
+
+
 def write_metrics(metrics: dict, out_dir: Path, tracker, step: int) -> None:
     """metrics.json holds only what a rerun reproduces exactly; timings go to MLflow and the benchmark file."""
-    stable = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
-    write_json(out_dir / "metrics.json", stable)
+    write_json(out_dir / "metrics.json", reproducible(metrics))
     tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("val/", "train/seconds"))}, step=step)
     tracker.log_artifact(out_dir / "metrics.json")
     tracker.log_artifact(out_dir / "model" / "meta.json")
@@ -85,6 +89,24 @@ class History:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             self._checked = True
-        values = {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **values}, sort_keys=True) + "\n")
+            handle.write(json.dumps({"step": step, **reproducible(metrics)}, sort_keys=True) + "\n")
+
+
+def validation_metrics(model, tokenizer, data_dir: Path, samples: int, seed: int, device) -> dict:
+    """`val/accuracy`, `val/tokens` and `val/fidelity` of a latent model on the first `samples` validation
+    problems (suffix `_sample` for sampled latents); what the latent and RL stages put into metrics.json."""
+    import logging
+
+    from atp.data.records import read_jsonl
+    from atp.evaluate import latent_validation
+
+    val = read_jsonl(Path(data_dir) / "val.jsonl")[:samples]
+    metrics = {}
+    for mode, m in latent_validation(model, tokenizer, val, seed, device).items():
+        suffix = "" if mode == "mu" else "_sample"
+        metrics.update({f"val/accuracy{suffix}": m["accuracy"], f"val/tokens{suffix}": m["tokens"]})
+        if m["fidelity"] is not None:
+            metrics[f"val/fidelity{suffix}"] = m["fidelity"]
+        logging.getLogger("atp.validation").info("val accuracy (%s latents) %.3f, %.2f tokens, on %d problems", mode, m["accuracy"], m["tokens"], len(val))
+    return metrics

@@ -26,9 +26,8 @@ log = logging.getLogger("atp.latent_sft")
 def main(args, config: dict) -> None:
     from atp import modeling
     from atp.config import to_dataclass
-    from atp.evaluate import latent_validation
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records, save_latent
-    from atp.stages.common import History, setup, starting_model, write_metrics
+    from atp.stages.common import History, setup, starting_model, validation_metrics, write_metrics
     from atp.tracking import Tracker
     from atp.train import train
 
@@ -51,13 +50,7 @@ def main(args, config: dict) -> None:
         metrics["train/final_stage_steps"] = max(0, s.train_cfg.steps - (latent_cfg.max_steps - 1) * latent_cfg.stage_steps)
         if s.dist.is_main:
             if s.train_cfg.val_samples:
-                val = read_jsonl(s.data_dir / "val.jsonl")[: s.train_cfg.val_samples]
-                for mode, val_metrics in latent_validation(model, s.tokenizer, val, args.seed, s.dist.device).items():
-                    suffix = "" if mode == "mu" else "_sample"
-                    metrics.update({f"val/accuracy{suffix}": val_metrics["accuracy"], f"val/tokens{suffix}": val_metrics["tokens"]})
-                    if val_metrics["fidelity"] is not None:
-                        metrics[f"val/fidelity{suffix}"] = val_metrics["fidelity"]
-                    log.info("val accuracy (%s latents) %.3f, %.2f tokens, on %d problems", mode, val_metrics["accuracy"], val_metrics["tokens"], len(val))
+                metrics.update(validation_metrics(model, s.tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device))
             save_latent(model, s.tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps})
             write_metrics(metrics, s.out_dir, tracker, s.train_cfg.steps)
     log.info("done in %.1fs", time.time() - started)

@@ -19,14 +19,13 @@ their decoded latent steps, also MLflow artifacts).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
 import time
 
 from atp import cli
-from atp.data.records import read_jsonl
+from atp.data.records import read_jsonl, write_jsonl
 
 log = logging.getLogger("atp.rl")
 
@@ -63,7 +62,7 @@ def grpo_step(model, optimizer, trainable, prompts, answers, rl_cfg, reward_cfg,
     """One RL step: rollouts, rewards, group advantages, one pass of PPO-clip updates. Returns (metrics, trajectories)."""
     import torch
 
-    from atp.rewards import total
+    from atp.rewards import correct, total
     from atp.rl import group_advantages, ppo_clip_loss, replay, rollout
     from atp.runtime import NonFiniteLoss
 
@@ -73,7 +72,7 @@ def grpo_step(model, optimizer, trainable, prompts, answers, rl_cfg, reward_cfg,
     steps = model.decode_steps([traj.feeds[b, :n].cpu() for b, n in enumerate(used)], tokenizer)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in traj.answer_ids(model.eos_id)]
     rewards = total(completions, answers if reward_cfg.needs_gold else None, steps, reward_cfg)
-    accuracy = total(completions, answers, steps, reward_cfg)["correct"]  # monitoring only, never a reward here
+    accuracy = rewards["correct"] if reward_cfg.needs_gold else correct(completions, answers=answers)  # monitoring only here
     advantages = group_advantages(torch.tensor(rewards["total"]), rl_cfg.group_size).to(traj.z.device)
     ref_logps = None
     if ref is not None and rl_cfg.kl_coef > 0:
@@ -128,11 +127,10 @@ def main(args, config: dict) -> None:
 
     from atp import modeling
     from atp.config import ConfigError
-    from atp.evaluate import latent_validation
     from atp.latent import save_latent
-    from atp.stages.common import History, setup, write_metrics
+    from atp.stages.common import History, setup, validation_metrics, write_metrics
     from atp.tracking import Tracker
-    from atp.train import batch_schedule, checkpoints, load_checkpoint, lr_factor, save_checkpoint
+    from atp.train import batch_schedule, lr_factor, optimizer_and_resume, save_checkpoint
 
     s = setup(args, config)
     if not args.init:
@@ -147,13 +145,7 @@ def main(args, config: dict) -> None:
     prompts = [modeling.prompt_ids(tokenizer, r["question"]) for r in records]
     # Equal lengths: questions are drawn at random, not grouped by length (which would group them by difficulty).
     schedule = batch_schedule([0] * len(prompts), rl_cfg.questions, s.train_cfg.steps, args.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=s.train_cfg.lr, weight_decay=s.train_cfg.weight_decay, betas=(0.9, 0.95))
-    start = 0
-    existing = checkpoints(s.ckpt_dir)
-    if existing:
-        start = load_checkpoint(existing[-1], model, optimizer)
-        log.info("resuming from checkpoint %s (RL step %d of %d)", existing[-1], start, s.train_cfg.steps)
+    trainable, optimizer, start = optimizer_and_resume(model, s.train_cfg, s.ckpt_dir)
     log.info(
         "%s from %s: %d trainable of %d parameters; %d RL steps of %d questions x %d rollouts, minibatches of %d; rewards %s",
         args.method, args.init, sum(p.numel() for p in trainable), modeling.count_parameters(model), s.train_cfg.steps,
@@ -190,8 +182,7 @@ def main(args, config: dict) -> None:
                 for t in trajectories:
                     t["question"] = records[rows[t["question_row"]]]["question"]
                 path = traj_dir / f"step_{done:06d}.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(json.dumps(t, sort_keys=True) + "\n" for t in trajectories[: rl_cfg.trajectories_logged]), encoding="utf-8")
+                write_jsonl(path, trajectories[: rl_cfg.trajectories_logged])
                 tracker.log_artifact(path, "trajectories")
             if done % s.train_cfg.checkpoint_every == 0 and done < s.train_cfg.steps:
                 save_checkpoint(s.ckpt_dir, done, model, optimizer, s.meta, s.train_cfg.keep_checkpoints)
@@ -201,13 +192,7 @@ def main(args, config: dict) -> None:
         final["train/resumed_from_step"] = start
         final["train/seconds"] = time.time() - started
         if s.train_cfg.val_samples:
-            val = read_jsonl(s.data_dir / "val.jsonl")[: s.train_cfg.val_samples]
-            for mode, val_metrics in latent_validation(model, tokenizer, val, args.seed, s.dist.device).items():
-                suffix = "" if mode == "mu" else "_sample"
-                final.update({f"val/accuracy{suffix}": val_metrics["accuracy"], f"val/tokens{suffix}": val_metrics["tokens"]})
-                if val_metrics["fidelity"] is not None:
-                    final[f"val/fidelity{suffix}"] = val_metrics["fidelity"]
-                log.info("val accuracy (%s latents) %.3f, %.2f tokens, on %d problems", mode, val_metrics["accuracy"], val_metrics["tokens"], len(val))
+            final.update(validation_metrics(model, tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device))
         save_latent(model, tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps, "init": str(args.init)})
         write_metrics(final, s.out_dir, tracker, s.train_cfg.steps)
         tracker.log_artifact(s.out_dir / "history.jsonl")
