@@ -10,6 +10,7 @@ from typing import Callable
 from atp import config as cfg
 from atp.data.records import DataError
 from atp.runtime import NonFiniteLoss, set_offline, setup_logging
+from atp.tracking import TrackingError
 
 log = logging.getLogger("atp")
 
@@ -52,3 +53,6 @@ def run(main: Callable[[argparse.Namespace, dict], None], p: argparse.ArgumentPa
     except NonFiniteLoss as exc:
         log.error("training diverged: %s", exc)
         sys.exit(3)
+    except TrackingError as exc:
+        log.error("%s", exc)
+        sys.exit(4)

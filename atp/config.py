@@ -130,6 +130,13 @@ def check_pipeline(config: dict) -> None:
     for name, method in config["methods"].items():
         if method["stage"] == "rl" and method.get("init") is None:
             raise ConfigError(f"config key 'methods.{name}.init': an rl method starts from a trained ATP-Latent method; name it")
+    # Missing local files fail here, before any job starts (paths are relative to the working directory).
+    for name, spec in split_specs(config).items():
+        if spec["source"] == "file" and not Path(spec["path"]).exists():
+            raise ConfigError(f"config key '{split_key(name)}.path': file not found: {spec['path']}")
+    pretrained = config["model"].get("pretrained")
+    if pretrained and pretrained.startswith(("/", "./", "../", "~")) and not Path(pretrained).expanduser().exists():
+        raise ConfigError(f"config key 'model.pretrained': model folder not found: {pretrained}")
 
 
 def split_key(name: str) -> str:
@@ -194,9 +201,12 @@ def job_config(config: dict, job: str) -> dict:
 
     Jobs: `tracking`, `data`, `train_<method>`, `eval_<method>`, `table`, `report`.
     """
-    base = {"experiment": config["experiment"], "mlflow": config["mlflow"]}
-    if job == "tracking":
-        return base
+    # Where results are tracked is not part of what a job computes: only the tracking rule (which
+    # writes the store's address and `required` for every job) and the report (which names the
+    # registered model after the MLflow experiment) read it, so a new store reruns only those two.
+    base = {"experiment": config["experiment"]}
+    if job in ("tracking", "report"):
+        return {**base, "mlflow": config["mlflow"]}
     if job == "data":  # data prep also builds the tokenizer, which reads only these two model keys
         model = config["model"]
         return {**base, "data": config["data"], "model": {"pretrained": model["pretrained"], "vocab_size": model["vocab_size"]}}
@@ -215,8 +225,6 @@ def job_config(config: dict, job: str) -> dict:
     if job == "table":  # the rows' names and order only: a method's budget must not rerun the table
         rows = {name: {k: v for k, v in spec.items() if k in TABLE_METHOD_KEYS} for name, spec in config["methods"].items()}
         return {**base, "methods": rows, "seeds": config["seeds"]}
-    if job == "report":
-        return base
     raise ConfigError(f"unknown job {job!r}")
 
 

@@ -96,6 +96,11 @@ def write_json(path: str | Path, payload: object) -> None:
     os.replace(tmp, path)
 
 
+def reproducible(metrics: dict) -> dict:
+    """The metrics a rerun reproduces exactly (timings left out), floats rounded: what files under results/ hold."""
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
+
+
 def read_json(path: str | Path) -> object:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

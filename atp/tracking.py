@@ -5,11 +5,17 @@ Nested runs do not work across processes, so every job's run carries the tag
 talks to MLflow; other ranks get the same object with tracking switched off, so
 call sites stay unconditional. Metrics are always written under `results/` by
 the stage itself; MLflow is a view on them.
+
+Every MLflow call is retried with backoff (a shared SQLite store is briefly locked
+when jobs log at once). When the retries run out, the job fails with a
+TrackingError naming the store, unless `mlflow.required` is false: then tracking
+switches itself off with a warning and the job goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,16 +43,29 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def _retry(action, what: str, attempts: int = 6):
-    """Retry MLflow calls with backoff: a shared SQLite store is briefly locked when jobs log at once."""
+class TrackingError(RuntimeError):
+    """MLflow stayed unreachable (or locked) through every retry."""
+
+
+ATTEMPTS = 6  # 0.5 + 1 + 2 + 4 + 8 = 15.5 s of waiting in all
+# One retry loop, ours: MLflow's own HTTP client would otherwise retry each request 7 times for minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def _retry(action, what: str, where: str = "", attempts: int = ATTEMPTS):
+    """Retry an MLflow call with backoff: a shared SQLite store is briefly locked when jobs log at once."""
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as exc:  # noqa: BLE001 - MLflow raises many exception types for a locked store
             if attempt == attempts:
-                raise RuntimeError(f"MLflow {what} failed after {attempts} attempts: {exc}") from exc
-            log.warning("MLflow %s failed (%s); retrying in %.1fs", what, exc, delay)
+                raise TrackingError(
+                    f"MLflow {what} failed after {attempts} attempts{f' against {where}' if where else ''}: {str(exc)[:500]}. "
+                    "Check mlflow.tracking_uri, or set mlflow.required: false to run without tracking"
+                ) from exc
+            log.warning("MLflow %s failed (%s); retrying in %.1fs", what, str(exc)[:200], delay)
             time.sleep(delay)
             delay *= 2
 
@@ -70,23 +89,47 @@ def _open_experiment(mlflow_cfg: dict) -> tuple[str, str]:
 
     uri = tracking_uri(mlflow_cfg["tracking_uri"])
     mlflow.set_tracking_uri(uri)
-    return uri, _retry(lambda: _experiment_id(mlflow, mlflow_cfg["experiment_name"], uri), "create experiment")
+    return uri, _retry(lambda: _experiment_id(mlflow, mlflow_cfg["experiment_name"], uri), "create experiment", uri)
 
 
 def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
-    """Create the store, the MLflow experiment and the pipeline's parent run; write its ids to `out`."""
+    """Create the store, the MLflow experiment and the pipeline's parent run; write its ids to `out`.
+
+    Every job reads the store and the `required` switch from `out`. If the store cannot be reached
+    and tracking is not required, `out` says so and every job runs without MLflow.
+    """
     import mlflow
 
-    uri, experiment_id = _open_experiment(mlflow_cfg)
-    git = git_info()
-    tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
-    run = _retry(
-        lambda: mlflow.MlflowClient().create_run(experiment_id, run_name=f"pipeline-{experiment}", tags=tags), "create parent run"
-    )
-    _retry(lambda: mlflow.MlflowClient().set_terminated(run.info.run_id), "end parent run")
-    info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
+    required = mlflow_cfg.get("required", True)
+    try:
+        uri, experiment_id = _open_experiment(mlflow_cfg)
+        git = git_info()
+        tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
+        run = _retry(lambda: mlflow.MlflowClient().create_run(experiment_id, run_name=f"pipeline-{experiment}", tags=tags), "create parent run", uri)
+        _retry(lambda: mlflow.MlflowClient().set_terminated(run.info.run_id), "end parent run", uri)
+    except TrackingError as exc:
+        if required:
+            raise
+        log.warning("tracking is off for this pipeline (mlflow.required is false): %s", exc)
+        info = {"disabled": str(exc), "required": False, "tracking_uri": mlflow_cfg["tracking_uri"]}
+        write_json(out, info)
+        return info
+    info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri, "required": required}
     write_json(out, info)
     return info
+
+
+def data_tags(card_path: Path) -> dict[str, str]:
+    """The digests of the prepared data (from the data card, once data prep has written it):
+    one per split and one over all splits, so a run says exactly which data it saw."""
+    if not card_path.exists():
+        return {}
+    import hashlib
+
+    splits = read_json(card_path)["splits"]
+    tags = {f"data_digest.{c['split']}": c["sha256"][:16] for c in splits}
+    tags["data_digest"] = hashlib.sha256("".join(c["sha256"] for c in splits).encode()).hexdigest()[:16]
+    return tags
 
 
 class Tracker:
@@ -102,7 +145,9 @@ class Tracker:
         enabled: bool = True,
     ):
         self.enabled = enabled
+        self.required, self.where = True, ""
         self.run_id: str | None = None
+        self.parent_id: str | None = None
         self._job_config = job_config
         self._stage = stage
         self._parent = parent
@@ -116,9 +161,20 @@ class Tracker:
 
         if self._parent is not None and Path(self._parent).exists():
             parent = read_json(self._parent)
-            uri, experiment_id, parent_id = parent["tracking_uri"], parent["experiment_id"], parent["run_id"]
+            if parent.get("disabled"):
+                log.warning("MLflow tracking is off for this pipeline (%s); results are only under results/", parent["disabled"][:200])
+                self.enabled = False
+                return self
+            self.required = parent.get("required", True)
+            self.where = uri = parent["tracking_uri"]
+            experiment_id, parent_id = parent["experiment_id"], parent["run_id"]
         else:
-            uri, experiment_id = _open_experiment(self._job_config["mlflow"])
+            mlflow_cfg = self._job_config["mlflow"]
+            self.required, self.where = mlflow_cfg.get("required", True), mlflow_cfg["tracking_uri"]
+            found = self.call(lambda: _open_experiment(mlflow_cfg), "open experiment")
+            if not self.enabled:
+                return self
+            uri, experiment_id = found
             parent_id = None
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         git = git_info()
@@ -130,9 +186,13 @@ class Tracker:
             "pipeline": self._job_config.get("experiment", ""),
             **self._tags,
         }
+        self.parent_id = parent_id
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        run = _retry(lambda: self.client.create_run(experiment_id, run_name=self._run_name, tags=tags), "create run")
+            tags.update(data_tags(Path(self._parent).resolve().parents[1] / "data" / "card.json"))
+        run = self.call(lambda: self.client.create_run(experiment_id, run_name=self._run_name, tags=tags), "create run")
+        if not self.enabled:
+            return self
         self.run_id = run.info.run_id
         params = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(self._job_config).items()}
         from mlflow.entities import Param
@@ -140,13 +200,27 @@ class Tracker:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
-            _retry(lambda: self.client.log_batch(self.run_id, params=chunk), "log params")
+            self.call(lambda: self.client.log_batch(self.run_id, params=chunk), "log params")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.enabled and self.run_id is not None:
             status = "FINISHED" if exc_type is None else "FAILED"
-            _retry(lambda: self.client.set_terminated(self.run_id, status=status), "end run")
+            self.call(lambda: self.client.set_terminated(self.run_id, status=status), "end run")
+
+    def call(self, action, what: str):
+        """Run one MLflow call with retries. If they all fail: raise, or (tracking not required) warn,
+        switch tracking off for the rest of the job and return None."""
+        if not self.enabled:
+            return None
+        try:
+            return _retry(action, what, self.where)
+        except TrackingError as exc:
+            if self.required:
+                raise
+            log.warning("%s; going on without MLflow (mlflow.required is false)", exc)
+            self.enabled = False
+            return None
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.enabled or not metrics:
@@ -155,20 +229,23 @@ class Tracker:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
-        _retry(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics")
+        self.call(lambda: self.client.log_batch(self.run_id, metrics=items), "log metrics")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
+        self.call(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path), "log artifact")
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        if self.enabled:
-            _retry(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path), "log artifacts")
+        self.call(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path), "log artifacts")
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if self.enabled:
+        for key, value in tags.items():
+            self.call(lambda: self.client.set_tag(self.run_id, key, str(value)), "set tag")
+
+    def set_parent_tags(self, tags: dict[str, Any]) -> None:
+        """Tag the pipeline's parent run (data prep adds the data digests, unknown when it was created)."""
+        if self.enabled and self.parent_id:
             for key, value in tags.items():
-                _retry(lambda: self.client.set_tag(self.run_id, key, str(value)), "set tag")
+                self.call(lambda: self.client.set_tag(self.parent_id, key, str(value)), "set parent tag")
 
     def log_input(self, name: str, digest: str, path: str, n: int) -> None:
         """Record a dataset (name, digest, source path) as an MLflow dataset input."""
@@ -178,4 +255,4 @@ class Tracker:
 
         dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=str(path), schema=None, profile=f'{{"num_rows": {n}}}')
         entry = DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value=name)])
-        _retry(lambda: self.client.log_inputs(self.run_id, datasets=[entry]), "log input")
+        self.call(lambda: self.client.log_inputs(self.run_id, datasets=[entry]), "log input")

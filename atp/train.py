@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from atp.config import TrainConfig
-from atp.runtime import Dist, NonFiniteLoss, git_info, read_json, write_json
+from atp.runtime import Dist, NonFiniteLoss, git_info, read_json, reproducible, write_json
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -110,6 +110,12 @@ class TokenObjective:
         return loss, {"loss": loss.detach()}
 
 
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """torch's seed for one optimizer step on one process: the noise a step draws (sampled latents)
+    depends on (seed, step, rank) only, so a run resumed at any step draws what the uninterrupted one drew."""
+    return (seed * 1_000_003 + step) * 1024 + rank
+
+
 def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to `min_lr_ratio` (step counts from 0)."""
     warmup = int(cfg.warmup_ratio * cfg.steps)
@@ -129,8 +135,9 @@ def checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted((p for p in ckpt_dir.glob("step_*") if (p / "meta.json").exists()), key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int) -> Path:
-    """Weights as safetensors, optimizer state as tensors, meta.json last (it marks the folder complete)."""
+def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int, files: tuple[Path, ...] = ()) -> Path:
+    """Weights as safetensors, optimizer state as tensors, copies of `files` (the run's history so far),
+    meta.json last (it marks the folder complete)."""
     from safetensors.torch import save_file
 
     final = ckpt_dir / f"step_{step:07d}"
@@ -140,6 +147,9 @@ def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, meta: dict, kee
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, tmp / "model.safetensors")  # cloned, so tied weights no longer share memory
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    for file in files:
+        if Path(file).exists():
+            shutil.copy2(file, tmp / Path(file).name)
     write_json(tmp / "meta.json", {**meta, "step": step, **{f"git_{k}": v for k, v in git_info().items()}})
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -157,22 +167,89 @@ def load_checkpoint(path: Path, model, optimizer) -> int:
     return int(read_json(path / "meta.json")["step"])
 
 
+def drop_checkpoints(ckpt_dir: Path) -> None:
+    """Delete a finished run's checkpoints: a later rerun (changed code, --forcerun) must train afresh, not resume."""
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+
+class History:
+    """Per-step training metrics as JSON lines (`history.jsonl`, read by the report's curves).
+
+    Each checkpoint keeps a copy of the file. A resumed run starts from that copy (Snakemake deletes
+    the incomplete file of an interrupted job), keeping the lines before the step it restarts from,
+    so the file always describes one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, enabled: bool = True, ckpt_dir: Path | None = None):
+        self.path, self.enabled, self.ckpt_dir, self._started = Path(path), enabled, ckpt_dir, False
+
+    def begin(self, start: int) -> None:
+        """Open the file for a run that continues after step `start` (0: a fresh run): keep the lines up
+        to `start`, from the newest checkpoint's copy if there is one, else from the file itself."""
+        import json
+
+        self._started = True
+        if not self.enabled:
+            return
+        saved = [c / self.path.name for c in checkpoints(self.ckpt_dir)] if self.ckpt_dir else []
+        source = saved[-1] if saved and saved[-1].exists() else self.path
+        kept = []
+        if start and source.exists():
+            kept = [line for line in source.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= start]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        import json
+
+        if not self._started:
+            self.begin(step - 1)
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, **reproducible(metrics)}, sort_keys=True) + "\n")
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """What a checkpoint copies: the history written so far (nothing on ranks that do not write it)."""
+        return (self.path,) if self.enabled else ()
+
+
 # ---------------------------------------------------------------- the loop
 
 
-def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path) -> tuple[list, torch.optim.Optimizer, int]:
+RESUME_KEYS = ("method", "seed", "config_hash")
+
+
+def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None = None) -> tuple[list, torch.optim.Optimizer, int]:
     """(trainable parameters, AdamW over them, the step to start from): restored from the newest checkpoint if any.
 
     Every training loop (the SFT stages here, the RL stage) starts this way, so they resume alike.
+    Checkpoints of another job config, method or seed (`meta`'s keys) are discarded, never resumed.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     start = 0
     existing = checkpoints(ckpt_dir)
+    if existing and meta is not None:
+        saved = read_json(existing[-1] / "meta.json")
+        differs = [k for k in RESUME_KEYS if k in meta and saved.get(k) != meta[k]]
+        if differs:
+            log.warning("checkpoints in %s were made with another %s; discarding them and training from step 0", ckpt_dir, ", ".join(differs))
+            drop_checkpoints(ckpt_dir)
+            existing = []
     if existing:
         start = load_checkpoint(existing[-1], model, optimizer)
+        saved = read_json(existing[-1] / "meta.json")
+        if saved.get("git_commit") != git_info()["commit"]:
+            log.warning("the checkpoint was written by commit %s; this code is %s", saved.get("git_commit"), git_info()["commit"])
         log.info("resuming from checkpoint %s (step %d of %d)", existing[-1], start, cfg.steps)
     return trainable, optimizer, start
+
+
+def loop_state(ckpt_dir: Path) -> dict:
+    """What the newest checkpoint saved of a loop's own state (e.g. the open logging window); {} if none."""
+    existing = checkpoints(ckpt_dir)
+    return read_json(existing[-1] / "meta.json").get("loop", {}) if existing else {}
 
 
 def train(
@@ -187,12 +264,16 @@ def train(
     meta: dict,
     lengths: list[int] | None = None,
     on_log: Callable[[int, dict], None] | None = None,
+    history: History | None = None,
 ) -> dict:
     """Train `model` on `items` for `cfg.steps` steps, resuming from the newest checkpoint in `ckpt_dir`.
 
     `objective` turns items into a loss (see TokenObjective); `lengths` (default: the
     items' input lengths) groups batches by length. Every named part of the loss is
-    logged as `train/<part>`. Returns the metrics of the last log window.
+    logged as `train/<part>`, and to `history`. Returns the metrics of the last log window,
+    the same whether or not the run was interrupted and resumed.
+    A checkpoint is also written after the last step: if what follows training (validation,
+    saving, MLflow) fails, a rerun resumes there instead of training again.
     """
     from tqdm import tqdm
 
@@ -200,17 +281,24 @@ def train(
     if lengths is None:
         lengths = [len(e.input_ids) for e in items]
     schedule = batch_schedule(lengths, cfg.batch_size, cfg.steps, seed)
-    trainable, optimizer, start = optimizer_and_resume(model, cfg, ckpt_dir)
+    trainable, optimizer, start = optimizer_and_resume(model, cfg, ckpt_dir, meta)
+    state = loop_state(ckpt_dir) if start else {}
     ddp_model = model
     if dist.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
     model.train()
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    window: dict[str, float] = {}
-    window_steps, window_start = 0, time.time()
-    metrics: dict[str, float] = {"train/resumed_from_step": start}
+    # The open logging window and the last logged metrics travel with the checkpoints, so that a
+    # resumed run logs (and returns) exactly what the uninterrupted run would have.
+    window: dict[str, float] = state.get("window", {})
+    window_steps, window_start = state.get("window_steps", 0), time.time()
+    metrics: dict[str, float] = state.get("metrics", {})
+    tracker.log_metrics({"train/resumed_from_step": start}, step=start)
+    if history is not None:
+        history.begin(start)
     progress = tqdm(total=cfg.steps, initial=start, desc="train", disable=not dist.is_main, mininterval=2.0)
     for step in range(start, cfg.steps):
+        torch.manual_seed(step_seed(seed, step, dist.rank))
         batch_items = [items[i] for i in schedule[step]]
         totals = objective.totals(batch_items, step)
         mine = batch_items[dist.rank * micro * accumulation : (dist.rank + 1) * micro * accumulation]
@@ -249,12 +337,15 @@ def train(
             metrics = {f"train/{name}": total / window_steps for name, total in window.items()}
             metrics.update({"train/lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm, "train/steps_per_s": window_steps / max(elapsed, 1e-9)})
             progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            if history is not None:  # results/ first, MLflow second: a tracking fault cannot lose the record
+                history(done, metrics)
             tracker.log_metrics(metrics, step=done)
             if on_log is not None:
                 on_log(done, metrics)
             window, window_steps, window_start = {}, 0, time.time()
-        if dist.is_main and (done % cfg.checkpoint_every == 0 and done < cfg.steps):
-            save_checkpoint(ckpt_dir, done, model, optimizer, meta, cfg.keep_checkpoints)
+        if dist.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            loop = {"window": window, "window_steps": window_steps, "metrics": metrics}
+            save_checkpoint(ckpt_dir, done, model, optimizer, {**meta, "loop": loop}, cfg.keep_checkpoints, history.files if history else ())
     progress.close()
     model.eval()
-    return {**metrics, "train/resumed_from_step": start}
+    return metrics

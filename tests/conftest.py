@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORM
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 
 
 class Recorder:
@@ -62,3 +65,34 @@ def write_data_dir(folder: Path, splits: dict, tokenizer, names=("train", "val")
         write_jsonl(folder / f"{name}.jsonl", splits[name])
     tokenizer.save_pretrained(folder / "tokenizer")
     return folder
+
+
+def snakemake_cmd(workdir, *args, extra_config: str | None = None) -> list[str]:
+    """The Snakemake command line for the test config in `workdir`; `extra_config` (YAML text) is merged over it."""
+    configs = [str(TEST_CONFIG)]
+    if extra_config is not None:
+        (workdir / "extra.yaml").write_text(extra_config)
+        configs.append(str(workdir / "extra.yaml"))
+    return [PYTHON, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
+            "--configfile", *configs, "--cores", "2", *args]
+
+
+def snakemake(workdir, *args, extra_config: str | None = None, check=True):
+    """Run Snakemake on the test config in `workdir` (see snakemake_cmd); raise with its output if it fails."""
+    cmd = snakemake_cmd(workdir, *args, extra_config=extra_config)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table."""
+    counts = {}
+    block = dry_run_output.split("Job stats:", 1)[1] if "Job stats:" in dry_run_output else ""
+    for line in block.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts

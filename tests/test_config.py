@@ -49,7 +49,9 @@ def test_job_configs_hold_only_what_the_job_reads():
     cfg = resolve({"methods": {"cot_sft": {"stage": "sft", "train": {"steps": 7}}}})
     train = job_config(cfg, "train_cot_sft")
     assert train["train"]["steps"] == 7 and "eval" not in train and "data" not in train
-    assert set(job_config(cfg, "eval_cot_sft")) == {"experiment", "mlflow", "eval", "methods"}
+    assert set(job_config(cfg, "eval_cot_sft")) == {"experiment", "eval", "methods"}
+    # The store's address reaches jobs through the tracking rule's parent-run file, not their configs.
+    assert "mlflow" in job_config(cfg, "tracking") and "mlflow" not in train and "mlflow" not in job_config(cfg, "table")
     data = job_config(cfg, "data")
     assert set(data["model"]) == {"pretrained", "vocab_size"}
     # A job config is itself a valid pipeline config, and resolving it keeps its content.
@@ -145,6 +147,8 @@ def test_the_paper_configs_are_valid_with_and_without_the_hub():
     assert paper["model"]["pretrained"] and paper["latent"]["max_steps"] == 10 and paper["train"]["bf16"]
     assert paper["data"]["train"]["source"] == "hub"
     local = config.load(root / "config" / "config.yaml", root / "config" / "paper.yaml", root / "config" / "paper_local.yaml")
-    config.check_pipeline(local)
+    config.check(local)
+    with pytest.raises(config.ConfigError, match="'data.train.path': file not found: data/gsm8k_aug/train.jsonl"):
+        config.check_pipeline(local)  # until the files are put there: a missing file fails before any job
     for name, spec in config.split_specs(local).items():
         assert spec["source"] == "file" and config.split_source(spec).hub_id is None, name

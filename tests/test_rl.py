@@ -30,6 +30,12 @@ def test_advantages_of_a_hand_built_group():
     assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, 0.5, -0.5]) / (std + 1e-8))
     assert torch.equal(adv[4:], torch.zeros(4))  # all equal: zero advantage, no division by zero
     assert torch.isfinite(adv).all()
+    # ... and that group contributes no gradient to the PPO loss.
+    new = {"answer": torch.randn(4, 3, requires_grad=True)}
+    cfg = RLConfig(questions=1, group_size=4, minibatch_size=4)
+    loss, _ = ppo_clip_loss(new, {"answer": torch.zeros(4, 3)}, {"answer": torch.ones(4, 3, dtype=torch.bool)}, adv[4:], cfg)
+    loss.backward()
+    assert torch.equal(new["answer"].grad, torch.zeros(4, 3))
 
 
 def test_group_size_one_and_a_minibatch_that_does_not_divide_are_refused():
@@ -115,8 +121,10 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
     assert metrics["rewards/total/group_std"] > 0
 
 
-def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, tmp_path):
-    """Run 4 RL steps; then rerun from the step-2 checkpoint: the final weights and metrics are the same."""
+def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, tmp_path, monkeypatch):
+    """Run 4 RL steps; crash another run in its third step and rerun it: same weights, metrics and history."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from atp import cli, config
@@ -130,7 +138,7 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     save_latent(model, tok, tmp_path / "atp", {"step": 0})
     job = config.resolve({
         **{k: cfg[k] for k in ("data", "model")},
-        "train": {**cfg["train"], "steps": 4, "checkpoint_every": 2, "val_samples": 0, "lr": 1e-3},
+        "train": {**cfg["train"], "steps": 4, "checkpoint_every": 2, "log_every": 3, "val_samples": 0, "lr": 1e-3},
         "rl": {"questions": 2, "group_size": 4, "minibatch_size": 4, "max_answer_tokens": 4, "trajectories_every": 2},
         "methods": {"atp_rl": {"stage": "rl"}},
     })
@@ -138,18 +146,27 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     argv = ["--config", str(tmp_path / "job.yaml"), "--method", "atp_rl", "--data-dir", str(data), "--init", str(tmp_path / "atp"), "--no-tracking"]
     parser = cli.training_parser("rl")
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "a"), "--checkpoint-dir", str(tmp_path / "ck_a")])
-    cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
-    # b is interrupted after its step-2 checkpoint: drop what it wrote after, and rerun it.
-    import shutil
+    assert not (tmp_path / "ck_a").exists()  # a finished run leaves no checkpoint to resume from
 
-    shutil.rmtree(tmp_path / "b" / "model")
-    (tmp_path / "b" / "metrics.json").unlink()
+    real_step, calls = rl_stage.grpo_step, []
+
+    def crash_in_step_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(rl_stage, "grpo_step", crash_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
+    monkeypatch.setattr(rl_stage, "grpo_step", real_step)
+    (tmp_path / "b" / "history.jsonl").unlink()  # Snakemake deletes an interrupted job's outputs
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
     for weights in ("latent_heads.safetensors", "model.safetensors"):  # the heads, then the backbone
         a, b = (load_file(tmp_path / d / "model" / weights) for d in ("a", "b"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
-    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("a", "b"))
-    assert mb.pop("train/resumed_from_step") == 2 and ma.pop("train/resumed_from_step") == 0
-    assert ma == mb
+    for name in ("metrics.json", "history.jsonl"):  # the last log window (steps 2-4) spans the restart
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     history = [json.loads(line)["step"] for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert history == [1, 2, 3, 4]
+    shutil.rmtree(tmp_path / "ck_b", ignore_errors=True)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atp.config import TrainConfig, config_hash, to_dataclass
-from atp.runtime import Dist, compute_init, seed_everything, write_json
+from atp.runtime import Dist, compute_init, reproducible, seed_everything, write_json
+from atp.train import History, drop_checkpoints  # noqa: F401 - the stages' one import place
 
 
 @dataclass
@@ -54,43 +55,12 @@ def starting_model(args, config: dict, tokenizer):
     return modeling.apply_lora(model, config["model"]["lora"])
 
 
-def reproducible(metrics: dict) -> dict:
-    """The metrics a rerun reproduces exactly (timings left out), floats rounded: what files under results/ hold."""
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in metrics.items() if not k.endswith(("_per_s", "seconds"))}
-
-
 def write_metrics(metrics: dict, out_dir: Path, tracker, step: int) -> None:
     """metrics.json holds only what a rerun reproduces exactly; timings go to MLflow and the benchmark file."""
     write_json(out_dir / "metrics.json", reproducible(metrics))
     tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("val/", "train/seconds"))}, step=step)
     tracker.log_artifact(out_dir / "metrics.json")
     tracker.log_artifact(out_dir / "model" / "meta.json")
-
-
-class History:
-    """Per-step training metrics as JSON lines (`history.jsonl`, read by the report's curves).
-
-    A resumed run first drops the lines at or after the step it restarts from, so the
-    file always describes one uninterrupted run.
-    """
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled, self._checked = Path(path), enabled, False
-
-    def __call__(self, step: int, metrics: dict) -> None:
-        import json
-
-        if not self.enabled:
-            return
-        if not self._checked:
-            kept = []
-            if self.path.exists():
-                kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] < step]
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            self._checked = True
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **reproducible(metrics)}, sort_keys=True) + "\n")
 
 
 def validation_metrics(model, tokenizer, data_dir: Path, samples: int, seed: int, device) -> dict:

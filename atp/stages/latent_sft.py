@@ -27,7 +27,7 @@ def main(args, config: dict) -> None:
     from atp import modeling
     from atp.config import to_dataclass
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records, save_latent
-    from atp.stages.common import History, setup, starting_model, validation_metrics, write_metrics
+    from atp.stages.common import History, drop_checkpoints, setup, starting_model, validation_metrics, write_metrics
     from atp.tracking import Tracker
     from atp.train import train
 
@@ -45,7 +45,7 @@ def main(args, config: dict) -> None:
     started = time.time()
     with Tracker(config, "latent_sft", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
         tracker.log_metrics({"data/train_problems": len(records), "data/dropped": dropped, "model/parameters": modeling.count_parameters(model)})
-        metrics = train(model, records, s.train_cfg, s.dist, args.seed, s.ckpt_dir, objective, tracker, s.meta, lengths=lengths, on_log=History(s.out_dir / "history.jsonl", s.dist.is_main))
+        metrics = train(model, records, s.train_cfg, s.dist, args.seed, s.ckpt_dir, objective, tracker, s.meta, lengths=lengths, history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir))
         metrics["train/seconds"] = time.time() - started
         metrics["train/final_stage_steps"] = max(0, s.train_cfg.steps - (latent_cfg.max_steps - 1) * latent_cfg.stage_steps)
         if s.dist.is_main:
@@ -53,6 +53,8 @@ def main(args, config: dict) -> None:
                 metrics.update(validation_metrics(model, s.tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device))
             save_latent(model, s.tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps})
             write_metrics(metrics, s.out_dir, tracker, s.train_cfg.steps)
+    if s.dist.is_main:  # only once the outputs are written and MLflow has them
+        drop_checkpoints(s.ckpt_dir)
     log.info("done in %.1fs", time.time() - started)
 
 

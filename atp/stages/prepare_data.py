@@ -18,7 +18,7 @@ from atp.config import split_source, split_specs
 from atp.data.records import DataError, file_digest, write_jsonl
 from atp.runtime import write_json
 from atp.text import cot_target, normalise_question, prompt_text
-from atp.tracking import Tracker
+from atp.tracking import Tracker, data_tags
 
 log = logging.getLogger("atp.prepare_data")
 
@@ -127,6 +127,7 @@ def main(args, config: dict) -> None:
     with Tracker(config, "data", args.parent, "data", {"rule": args.rule or "data", "wildcards": args.wildcards}, enabled=not args.no_tracking) as tracker:
         for card in cards:
             tracker.log_input(card["split"], card["sha256"], card["path"], card["count"])
+        tracker.set_parent_tags(data_tags(out_dir / "card.json"))
         tracker.log_metrics({f"data/{c['split']}/{k}": c[k] for c in cards for k in ("count", "skipped_bad_records")})
         tracker.log_metrics({"data/vocab_size": len(tokenizer)})
         tracker.log_artifact(out_dir / "card.json")

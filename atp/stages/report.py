@@ -117,13 +117,24 @@ def register(tracker, config: dict, run_dir: Path, metrics: dict) -> dict:
         return entry
     client, run_id = tracker.client, tracker.run_id
     tracker.log_artifacts(run_dir / "model", "policy")
-    try:
-        client.create_registered_model(name, description="ATP-Latent RL policies; alias `best` = highest validation accuracy of the latest run.")
-    except Exception:  # noqa: BLE001 - it exists already (registered by an earlier run)
-        pass
-    source = f"{client.get_run(run_id).info.artifact_uri}/policy"
-    version = client.create_model_version(name, source=source, run_id=run_id, tags={"method": method, "seed": seed, "val_accuracy": str(metrics["val/accuracy"])})
-    client.set_registered_model_alias(name, ALIAS, version.version)
+
+    def create_registered_model():
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name, description="ATP-Latent RL policies; alias `best` = highest validation accuracy of the latest run.")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # registered by an earlier run: fine
+                raise
+
+    tracker.call(create_registered_model, "register model")
+    run = tracker.call(lambda: client.get_run(run_id), "read run")
+    source = f"{run.info.artifact_uri}/policy" if run else ""
+    tags = {"method": method, "seed": seed, "val_accuracy": str(metrics["val/accuracy"])}
+    version = tracker.call(lambda: client.create_model_version(name, source=source, run_id=run_id, tags=tags), "create model version")
+    if version is None:  # tracking switched itself off (mlflow.required: false)
+        return entry
+    tracker.call(lambda: client.set_registered_model_alias(name, ALIAS, version.version), "set alias")
     log.info("registered %s (val accuracy %.3f) as %s version %s, alias %s", method, metrics["val/accuracy"], name, version.version, ALIAS)
     return {**entry, "registered": True, "version": int(version.version), "source": source}
 

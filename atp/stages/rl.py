@@ -128,9 +128,9 @@ def main(args, config: dict) -> None:
     from atp import modeling
     from atp.config import ConfigError
     from atp.latent import save_latent
-    from atp.stages.common import History, setup, validation_metrics, write_metrics
+    from atp.stages.common import History, drop_checkpoints, setup, validation_metrics, write_metrics
     from atp.tracking import Tracker
-    from atp.train import batch_schedule, lr_factor, optimizer_and_resume, save_checkpoint
+    from atp.train import batch_schedule, loop_state, lr_factor, optimizer_and_resume, save_checkpoint
 
     s = setup(args, config)
     if not args.init:
@@ -145,20 +145,23 @@ def main(args, config: dict) -> None:
     prompts = [modeling.prompt_ids(tokenizer, r["question"]) for r in records]
     # Equal lengths: questions are drawn at random, not grouped by length (which would group them by difficulty).
     schedule = batch_schedule([0] * len(prompts), rl_cfg.questions, s.train_cfg.steps, args.seed)
-    trainable, optimizer, start = optimizer_and_resume(model, s.train_cfg, s.ckpt_dir)
+    trainable, optimizer, start = optimizer_and_resume(model, s.train_cfg, s.ckpt_dir, s.meta)
     log.info(
         "%s from %s: %d trainable of %d parameters; %d RL steps of %d questions x %d rollouts, minibatches of %d; rewards %s",
         args.method, args.init, sum(p.numel() for p in trainable), modeling.count_parameters(model), s.train_cfg.steps,
         rl_cfg.questions, rl_cfg.group_size, rl_cfg.minibatch_size, reward_cfg,
     )
-    history = History(s.out_dir / "history.jsonl", enabled=s.dist.is_main)
+    history = History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir)
     traj_dir = s.out_dir / "trajectories"
     started = time.time()
-    metrics: dict = {}
-    recent: list[dict] = []  # the last log_every steps, averaged into metrics.json
+    state = loop_state(s.ckpt_dir) if start else {}
+    metrics: dict = state.get("metrics", {})
+    recent: list[dict] = state.get("recent", [])  # the last log_every steps, averaged into metrics.json
     from tqdm import tqdm
 
     with Tracker(config, "rl", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
+        tracker.log_metrics({"train/resumed_from_step": start}, step=start)
+        history.begin(start)
         progress = tqdm(total=s.train_cfg.steps, initial=start, desc="rl", mininterval=2.0)
         for step in range(start, s.train_cfg.steps):
             for group in optimizer.param_groups:
@@ -173,8 +176,8 @@ def main(args, config: dict) -> None:
             done = step + 1
             metrics["rl/lr"] = optimizer.param_groups[0]["lr"]
             metrics["rl/step_seconds"] = time.time() - step_started
+            history(done, metrics)  # results/ first, MLflow second
             tracker.log_metrics(metrics, step=done)
-            history(done, metrics)
             recent = (recent + [metrics])[-s.train_cfg.log_every :]
             progress.update(1)
             progress.set_postfix(reward=f"{metrics['rewards/total/mean']:.3f}", acc=f"{metrics['rl/accuracy']:.2f}")
@@ -184,18 +187,19 @@ def main(args, config: dict) -> None:
                 path = traj_dir / f"step_{done:06d}.jsonl"
                 write_jsonl(path, trajectories[: rl_cfg.trajectories_logged])
                 tracker.log_artifact(path, "trajectories")
-            if done % s.train_cfg.checkpoint_every == 0 and done < s.train_cfg.steps:
-                save_checkpoint(s.ckpt_dir, done, model, optimizer, s.meta, s.train_cfg.keep_checkpoints)
+            if done % s.train_cfg.checkpoint_every == 0 or done == s.train_cfg.steps:
+                loop = {"metrics": metrics, "recent": recent}
+                save_checkpoint(s.ckpt_dir, done, model, optimizer, {**s.meta, "loop": loop}, s.train_cfg.keep_checkpoints, history.files)
         progress.close()
         keys = [k for k in metrics if not k.endswith("seconds")]
         final = {f"train/{k.removeprefix('rl/')}": statistics.fmean(m.get(k, 0.0) for m in recent) for k in keys} if recent else {}
-        final["train/resumed_from_step"] = start
         final["train/seconds"] = time.time() - started
         if s.train_cfg.val_samples:
             final.update(validation_metrics(model, tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device))
         save_latent(model, tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps, "init": str(args.init)})
         write_metrics(final, s.out_dir, tracker, s.train_cfg.steps)
         tracker.log_artifact(s.out_dir / "history.jsonl")
+    drop_checkpoints(s.ckpt_dir)
     log.info("done in %.1fs", time.time() - started)
 
 

@@ -41,7 +41,7 @@ def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
 def main(args, config: dict) -> None:
     from atp import modeling
     from atp.evaluate import greedy_generate, score
-    from atp.stages.common import History, setup, starting_model, write_metrics
+    from atp.stages.common import History, drop_checkpoints, setup, starting_model, write_metrics
     from atp.tracking import Tracker
     from atp.train import TokenObjective, train
 
@@ -56,7 +56,7 @@ def main(args, config: dict) -> None:
     started = time.time()
     with Tracker(config, f"sft_{fmt}", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
         tracker.log_metrics({"data/train_sequences": len(examples), "data/dropped_too_long": dropped, "model/parameters": modeling.count_parameters(model)})
-        metrics = train(model, examples, s.train_cfg, s.dist, args.seed, s.ckpt_dir, TokenObjective(s.tokenizer.pad_token_id), tracker, s.meta, on_log=History(s.out_dir / "history.jsonl", s.dist.is_main))
+        metrics = train(model, examples, s.train_cfg, s.dist, args.seed, s.ckpt_dir, TokenObjective(s.tokenizer.pad_token_id), tracker, s.meta, history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir))
         metrics["train/seconds"] = time.time() - started
         if s.dist.is_main:
             if s.train_cfg.val_samples:
@@ -67,6 +67,8 @@ def main(args, config: dict) -> None:
                 log.info("val accuracy %.3f on %d problems", val_metrics["accuracy"], len(val))
             modeling.save_model(model, s.tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps})
             write_metrics(metrics, s.out_dir, tracker, s.train_cfg.steps)
+    if s.dist.is_main:  # only once the outputs are written and MLflow has them
+        drop_checkpoints(s.ckpt_dir)
     log.info("done in %.1fs", time.time() - started)
 
 

@@ -15,7 +15,8 @@ log = logging.getLogger("atp.tracking")
 
 def main(args, config: dict) -> None:
     info = start_parent(config["mlflow"], config["experiment"], args.out)
-    log.info("MLflow store %s, parent run %s", info["tracking_uri"], info["run_id"])
+    if "run_id" in info:
+        log.info("MLflow store %s, parent run %s", info["tracking_uri"], info["run_id"])
 
 
 if __name__ == "__main__":
