@@ -298,6 +298,7 @@ class TrainConfig:
     keep_checkpoints: int
     val_samples: int
     bf16: bool
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.lr <= 0:

@@ -278,6 +278,7 @@ def ppo_update(
     """
     import contextlib
 
+    from atp.modeling import checkpoint_in_eval
     from atp.runtime import NonFiniteLoss
 
     autocast = autocast or contextlib.nullcontext()
@@ -291,7 +292,7 @@ def ppo_update(
             index = order[start : start + per_rank]
             part = traj.rows(index)
             (actions,) = all_reduce_sum([sum(float(m.sum()) for m in part.masks.values())], world_size, device)
-            with autocast:
+            with autocast, checkpoint_in_eval(model):  # checkpointed layers recompute in eval mode too (train.gradient_checkpointing)
                 new = replay(model, part, cfg.temperature)
             ref_part = {k: v[torch.tensor(index, device=v.device)] for k, v in ref_logps.items()} if ref_logps else None
             loss, info = ppo_clip_loss(new, part.old, part.masks, advantages[torch.tensor(index, device=advantages.device)], cfg, ref_part, actions=actions)

@@ -189,6 +189,8 @@ def main(args, config: dict) -> None:
     check_world(rl_cfg, s.dist.world_size)
     model, tokenizer = load_policy(args.init, config["model"]["lora"])
     model.to(s.dist.device)
+    if s.train_cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()  # the replays recompute; rollouts (no gradient) do not
     ref = copy.deepcopy(model).eval().requires_grad_(False) if rl_cfg.kl_coef > 0 else None
     records = read_jsonl(s.data_dir / "train.jsonl")
     prompts = [modeling.prompt_ids(tokenizer, r["question"]) for r in records]
