@@ -324,3 +324,4 @@ class EvalConfig:
     limit: int | None
     samples: int
     max_answer_tokens: int
+    bf16: bool = False
