@@ -306,6 +306,7 @@ class TrainConfig:
     keep_checkpoints: int
     val_samples: int
     bf16: bool
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -331,3 +332,4 @@ class EvalConfig:
     limit: int | None
     samples: int
     max_answer_tokens: int
+    bf16: bool = False

@@ -155,6 +155,65 @@ def encode_latent_records(records: list[dict], tokenizer, max_length: int, cfg: 
     return out, dropped
 
 
+# ---------------------------------------------------------------- the KV cache under gradient checkpointing
+
+
+def replayable_cache():
+    """A fresh `ReplayableCache` (transformers is imported on first use)."""
+    return _replayable_cache_class()()
+
+
+_CACHE_CLASS = None
+
+
+def _replayable_cache_class():
+    global _CACHE_CLASS
+    if _CACHE_CLASS is not None:
+        return _CACHE_CLASS
+    import copy
+
+    from transformers import DynamicCache
+
+    class ReplayableCache(DynamicCache):
+        """A KV cache for one forward pass of the latent loop that gradient checkpointing can recompute.
+
+        With checkpointing, the backward pass runs each decoder layer's forward again, and that forward
+        appends its keys and values to the cache a second time: on a plain DynamicCache the recomputed
+        attention would see the keys of every later pass (and of itself twice). This cache remembers, per
+        layer, what the cache held before the pass's first update; a second update of the same layer (the
+        recomputation) returns that start plus the recomputed keys, as the original forward saw them, and
+        changes nothing. So every pass gets its own object: `next_pass()` shares the tensors (no copy)
+        with a new object, and the loop calls it after every pass (`next_pass(cache)` below).
+        """
+
+        def __init__(self, previous=None):
+            super().__init__()
+            self._start: dict[int, tuple] = {}
+            if previous is not None:
+                self.layers = [copy.copy(layer) for layer in previous.layers]  # DynamicLayer.update rebinds, never writes in place
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if layer_idx in self._start:  # the recomputation of this pass's layer
+                keys, values = self._start[layer_idx]
+                if keys is None:
+                    return key_states, value_states
+                return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+            layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+            self._start[layer_idx] = (layer.keys, layer.values) if layer is not None and layer.is_initialized else (None, None)
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+        def next_pass(self):
+            return ReplayableCache(self)
+
+    _CACHE_CLASS = ReplayableCache
+    return _CACHE_CLASS
+
+
+def next_pass(cache):
+    """The cache object for the next forward pass (a new one for a ReplayableCache; any other cache is reused)."""
+    return cache.next_pass() if cache is not None and hasattr(cache, "next_pass") else cache
+
+
 # ---------------------------------------------------------------- the module
 
 
@@ -277,6 +336,35 @@ class LatentReasoner(nn.Module):
         out["feed"] = self.feed_scale(z, norm)
         return out
 
+    # ------------------------------------------------------------ gradient checkpointing
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the backbone's and the step decoder's layer activations in the backward pass (`train.gradient_checkpointing`).
+
+        transformers drops the KV cache of a checkpointed layer (it would be written twice), which would cut
+        every slot off from what came before it; the backbone's layers keep it here, and the loop then runs
+        on a ReplayableCache, whose recomputed updates return what the first forward saw.
+        """
+        from atp.modeling import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(self.backbone)
+        for layer in self.core.layers:
+            layer._can_checkpoint_with_cache = True
+        if self.cfg.spec.decoder:
+            enable_gradient_checkpointing(self.decoder)
+
+    def recomputes(self) -> bool:
+        """Whether a backbone forward now would be checkpointed (checkpointing on, a layer in training mode, gradients on)."""
+        return torch.is_grad_enabled() and any(getattr(layer, "gradient_checkpointing", False) and layer.training for layer in self.core.layers)
+
+    def new_cache(self):
+        """The KV cache of one latent loop: a ReplayableCache when the passes will be recomputed, else a DynamicCache."""
+        if self.recomputes():
+            return replayable_cache()
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
     # ------------------------------------------------------------ the loop
 
     def run_prefix_and_slots(
@@ -300,16 +388,15 @@ class LatentReasoner(nn.Module):
         Returns the cache (or the full embeddings), the attention mask, the next position
         of each row and the per-slot latents.
         """
-        from transformers import DynamicCache
-
         spec, c = self.cfg.spec, self.cfg.c
         core = self.core
         B, N = slot_state.shape
         embeds = self.embed(prefix)
         mask = prefix_mask
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache() if use_cache else None
+        cache = self.new_cache() if use_cache else None
         out = core(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=use_cache)
+        cache = next_pass(cache)
         h = out.last_hidden_state[:, -1]
         next_pos = positions[:, -1] + 1
         state = slot_state.clone()
@@ -323,6 +410,7 @@ class LatentReasoner(nn.Module):
             mask = torch.cat([mask, active], dim=1)
             if use_cache:
                 core(inputs_embeds=feeds, attention_mask=mask, position_ids=slot_pos, past_key_values=cache, use_cache=True)
+                cache = next_pass(cache)
             else:
                 embeds = torch.cat([embeds, feeds], dim=1)
                 positions = torch.cat([positions, slot_pos], dim=1)
@@ -348,6 +436,7 @@ class LatentReasoner(nn.Module):
             mask = torch.cat([mask, active[:, None]], dim=1)
             if use_cache:
                 out = core(inputs_embeds=lat["feed"][:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+                cache = next_pass(cache)
                 h = out.last_hidden_state[:, -1]
             else:
                 embeds = torch.cat([embeds, lat["feed"][:, None]], dim=1)
@@ -487,6 +576,7 @@ class LatentReasoner(nn.Module):
         for t in range(max_tokens):
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=device)], dim=1)
             hidden = self.core(inputs_embeds=self.embed(token), attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True).last_hidden_state
+            cache = next_pass(cache)
             logits = self.logits(hidden[:, -1])
             if temperature is None:
                 token = logits.argmax(-1, keepdim=True)

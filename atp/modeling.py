@@ -122,6 +122,43 @@ def apply_lora(model, lora_cfg: dict):
     return get_peft_model(model, config)
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (non-reentrant).
+
+    `activation_checkpointing_enable` is transformers 5's name for `gradient_checkpointing_enable` (now a
+    deprecated alias). Non-reentrant checkpointing needs no input that requires grad (frozen embeddings
+    under LoRA are fine) and allows the KV-cache handling of the latent loop (LatentReasoner.enable_gradient_checkpointing).
+    transformers applies it only to layers in training mode; see `checkpoint_in_eval` for the RL replay.
+    """
+    kwargs = {"use_reentrant": False}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    if hasattr(base, "activation_checkpointing_enable"):
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+class checkpoint_in_eval:
+    """Within the block, checkpointed layers count as training (so transformers checkpoints them) while every
+    other module, dropout included, stays as it is: the RL replay runs in eval mode to see the network the
+    rollout sampled from, and would otherwise keep all activations. Only the layers' own flag changes."""
+
+    def __init__(self, model):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and not m.training]
+
+    def __enter__(self):
+        for m in self.layers:
+            m.training = True
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.layers:
+            m.training = False
+        return False
+
+
 def save_model(model, tokenizer, out_dir: str | Path, meta: dict) -> None:
     """Save weights (safetensors, LoRA merged) and tokenizer, then `meta.json`."""
     out_dir = Path(out_dir)

@@ -101,7 +101,8 @@ class Trajectories:
 
 
 def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension."""
+    """log N(z; mu, exp(logvar)) summed over the last dimension, in float32 (also under bf16 autocast)."""
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
     return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
@@ -182,8 +183,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((groups - mean) / (std + 1e-8)).view(-1)
 
 
-def ppo_clip_loss(new: dict, old: dict, masks: dict, advantages: torch.Tensor, cfg: RLConfig, ref: dict | None = None) -> tuple[torch.Tensor, dict]:
-    """PPO-clip over every action (latents, stop decisions, answer tokens), a masked mean; optional k3 KL to `ref`."""
+def ppo_clip_loss(
+    new: dict, old: dict, masks: dict, advantages: torch.Tensor, cfg: RLConfig, ref: dict | None = None, actions: float | None = None
+) -> tuple[torch.Tensor, dict]:
+    """PPO-clip over every action (latents, stop decisions, answer tokens), a masked mean; optional k3 KL to `ref`.
+
+    `actions`: the normaliser, by default the actions counted in `masks`. With N processes it is the
+    action count of the whole (global) minibatch, so that each process's loss, clip fraction and KL are its
+    share of the global values, and summing them over processes gives what one process would compute.
+    """
     losses, counts, clipped, kls = [], 0, 0.0, []
     for key, new_logp in new.items():
         m = masks[key].float()
@@ -202,9 +210,104 @@ def ppo_clip_loss(new: dict, old: dict, masks: dict, advantages: torch.Tensor, c
         counts += m.sum()
         is_clipped = ((ratio < 1 - cfg.clip_eps) & (adv < 0)) | ((ratio > 1 + cfg.clip_eps) & (adv > 0))
         clipped += float((is_clipped.float() * m).sum())
-    total = torch.clamp(torch.as_tensor(counts, dtype=torch.float32), min=1.0)
+    total = torch.clamp(torch.as_tensor(counts if actions is None else actions, dtype=torch.float32), min=1.0)
     loss = torch.stack(losses).sum() / total
     stats = {"clip_fraction": clipped / float(total), "actions": float(total)}
     if kls:
         stats["kl"] = float(torch.stack(kls).sum().detach() / total)
     return loss, stats
+
+
+# ---------------------------------------------------------------- N processes
+
+
+def all_reduce_sum(values: list[float], world_size: int, device) -> list[float]:
+    """The sums of `values` over all processes (the values themselves on one process)."""
+    if world_size == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def sync_gradients(params: list[torch.Tensor], world_size: int, bucket_elements: int = 1 << 24) -> None:
+    """Sum the gradients of `params` over all processes (in place), in flat buckets of about `bucket_elements`.
+
+    The update calls the latent loop's pieces directly, not a module's `forward`, so DDP's hooks would not
+    see it; an explicit all-reduce does the same job. A parameter with no gradient on any process keeps
+    `grad = None` (AdamW then skips it, as on one process); one with a gradient on some process only gets
+    zeros on the others.
+    """
+    if world_size == 1:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(has)
+    live = []
+    for p, n in zip(params, has.tolist()):
+        if n:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            live.append(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, p in enumerate(live):
+        bucket.append(p.grad)
+        size += p.grad.numel()
+        if size >= bucket_elements or i == len(live) - 1:
+            flat = _flatten_dense_tensors(bucket)
+            torch.distributed.all_reduce(flat)
+            for g, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g.copy_(synced)
+            bucket, size = [], 0
+
+
+def ppo_update(
+    model, optimizer, trainable: list, traj: Trajectories, advantages: torch.Tensor, cfg: RLConfig, generator: torch.Generator,
+    grad_clip: float, ref_logps: dict | None = None, world_size: int = 1, autocast=None,
+) -> dict[str, list[float]]:
+    """`cfg.epochs` passes of PPO-clip updates over this process's rollouts `traj`; per-update statistics.
+
+    With N processes each holds Q*G/N rows and contributes `minibatch_size / N` of them to every global
+    minibatch of `minibatch_size`: the loss is normalised by the action count of the global minibatch
+    (all-reduced) and the gradients are summed over processes, so one update is the update one process
+    would make on the union of the rows. Raises NonFiniteLoss (on every process alike) before a
+    non-finite loss or gradient reaches the weights.
+    """
+    import contextlib
+
+    from atp.modeling import checkpoint_in_eval
+    from atp.runtime import NonFiniteLoss
+
+    autocast = autocast or contextlib.nullcontext()
+    device = traj.z.device
+    per_rank = cfg.minibatch_size // world_size
+    R = len(traj.prompts)
+    stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "grad_norm": [], "kl": []}
+    for _ in range(cfg.epochs):
+        order = torch.randperm(R, generator=generator, device=generator.device).tolist()
+        for start in range(0, R, per_rank):
+            index = order[start : start + per_rank]
+            part = traj.rows(index)
+            (actions,) = all_reduce_sum([sum(float(m.sum()) for m in part.masks.values())], world_size, device)
+            with autocast, checkpoint_in_eval(model):  # checkpointed layers recompute in eval mode too (train.gradient_checkpointing)
+                new = replay(model, part, cfg.temperature)
+            ref_part = {k: v[torch.tensor(index, device=v.device)] for k, v in ref_logps.items()} if ref_logps else None
+            loss, info = ppo_clip_loss(new, part.old, part.masks, advantages[torch.tensor(index, device=advantages.device)], cfg, ref_part, actions=actions)
+            loss.backward()
+            sync_gradients(trainable, world_size)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip > 0 else float("inf")).item()
+            loss_value, clip_fraction, kl = all_reduce_sum([loss.item(), info["clip_fraction"], info.get("kl", 0.0)], world_size, device)
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(f"RL loss {loss_value}, gradient norm {grad_norm}; stopped before updating the weights")
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats["loss"].append(loss_value)
+            stats["clip_fraction"].append(clip_fraction)
+            stats["grad_norm"].append(grad_norm)
+            if "kl" in info:
+                stats["kl"].append(kl)
+    return stats

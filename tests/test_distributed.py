@@ -30,7 +30,7 @@ def run_stage(stage, job, data, out, processes, extra=()):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-stage_method = {"sft": "cot_sft", "latent_sft": "coconut"}
+stage_method = {"sft": "cot_sft", "latent_sft": "coconut", "rl": "atp_rl"}
 
 
 def test_two_processes_follow_the_one_process_curve(tiny_data, tmp_path):
@@ -59,3 +59,118 @@ def test_two_processes_follow_the_one_process_curve(tiny_data, tmp_path):
     one, two = curve(tmp_path / "latent1"), curve(tmp_path / "latent2")
     assert list(one) == list(two) == [2, 4, 6, 8]
     assert two == pytest.approx(one, rel=RTOL)
+
+
+# ---------------------------------------------------------------- RL on 2 processes
+
+# Two PPO updates (epochs=2, each over all 16 rows) of a fixed set of trajectories: each of 2 processes
+# replays half of the rows and the gradients are summed over processes. Only the summation order differs
+# from one process (per process, then all-reduced; and each process pads its own 8 rows), so the
+# parameters agree to float32 rounding: measured max |difference| 1.192e-07 against updates of up to
+# 2.929e-02. 1e-6 absolute still catches a wrong normalisation (each process dividing by its own action
+# count doubles the step) or a missing gradient sum (halves it). Plain SGD, not AdamW: AdamW's first step
+# is about lr * sign(gradient), which turns rounding in near-zero gradient entries into visible
+# differences (measured 2.58e-05 with lr 1e-3 for one entry) without saying anything about the sync.
+RL_ATOL = 1e-6
+RL_LR = 0.1
+
+RL_UPDATE_SCRIPT = r'''
+import sys
+import torch
+from atp import modeling
+from atp.latent import LatentConfig, LatentReasoner
+from atp.rl import RLConfig, group_advantages, ppo_update, rollout
+from atp.runtime import compute_init, seed_everything
+from atp.stages.rl import freeze_decoder
+from atp.modeling import load_tokenizer
+from safetensors.torch import save_file
+
+data, out = sys.argv[1], sys.argv[2]
+dist = compute_init(1)
+tok = load_tokenizer(data + "/tokenizer")
+seed_everything(0)
+backbone = modeling.build_model({"pretrained": None, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
+                                 "max_position_embeddings": 256, "tie_word_embeddings": True}, tok)
+decoder = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+model = freeze_decoder(LatentReasoner(backbone, LatentConfig(variant="atp", c=2, max_steps=3, decoder=decoder), tok)).eval()
+import json
+questions = [json.loads(line)["question"] for line in open(data + "/train.jsonl")][:4]
+prompts = [modeling.prompt_ids(tok, q) for q in questions for _ in range(4)]
+cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, epochs=2, max_answer_tokens=6, kl_coef=0.0)
+# The same 16 trajectories on every process (same weights, same generator); each process keeps its half.
+traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(3))
+advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0, 1.0, 1.0, 1.0, 3.0, 0.0, 1.0, 0.0, 0.5, 0.0, 1.0, 2.0]), 4)
+share = 16 // dist.world_size
+mine = list(range(dist.rank * share, (dist.rank + 1) * share))
+trainable = [p for p in model.parameters() if p.requires_grad]
+if dist.is_main:
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, out + "/before.safetensors")
+optimizer = torch.optim.SGD(trainable, lr=float(sys.argv[3]))
+stats = ppo_update(model, optimizer, trainable, traj.rows(mine), advantages[mine], cfg, torch.Generator().manual_seed(dist.rank),
+                   1.0, None, dist.world_size)
+if dist.is_main:
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, out + "/params.safetensors")
+    json.dump(stats, open(out + "/stats.json", "w"))
+'''
+
+
+def test_one_rl_update_on_two_processes_equals_the_one_process_update(tiny_data, tmp_path):
+    """Two global minibatches (epochs=2) of all 16 rows, 8 per process: the same parameters and statistics as on one process."""
+    from safetensors.torch import load_file
+
+    cfg, splits, tok = tiny_data
+    data = write_data_dir(tmp_path / "data", splits, tok, names=("train",))
+    script = tmp_path / "update.py"
+    script.write_text(RL_UPDATE_SCRIPT)
+    for processes in (1, 2):
+        out = tmp_path / f"update{processes}"
+        out.mkdir()
+        launcher = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if processes > 1 else [PYTHON]
+        result = subprocess.run([*launcher, str(script), str(data), str(out), str(RL_LR)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-4000:]
+    one, two = (load_file(tmp_path / f"update{n}" / "params.safetensors") for n in (1, 2))
+    before = load_file(tmp_path / "update1" / "before.safetensors")
+    assert one.keys() == two.keys()
+    moved = max(float((one[k] - before[k]).abs().max()) for k in one)
+    diff = max(float((one[k] - two[k]).abs().max()) for k in one)
+    print(f"max |parameter difference| 1 vs 2 processes: {diff:.3e}; largest change by the update {moved:.3e}")
+    assert diff <= RL_ATOL and moved > 100 * RL_ATOL
+    s1, s2 = (json.loads((tmp_path / f"update{n}" / "stats.json").read_text()) for n in (1, 2))
+    for key in ("loss", "clip_fraction", "grad_norm"):
+        assert s2[key] == pytest.approx(s1[key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_rl_stage_runs_on_two_processes_and_process_0_alone_writes(tiny_data, tmp_path):
+    """`python -m atp.stages.rl` under torchrun with 2 processes: each rolls out one of the 2 questions' groups;
+    one model, one metrics.json, one line per step in history.jsonl and the trajectories of both processes."""
+    from atp import config, modeling
+    from atp.latent import LatentConfig, LatentReasoner, save_latent
+    from atp.runtime import seed_everything
+
+    cfg, splits, tok = tiny_data
+    data = write_data_dir(tmp_path / "data", splits, tok)
+    seed_everything(0)
+    decoder = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
+    model = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=3, decoder=decoder), tok)
+    save_latent(model, tok, tmp_path / "atp", {"step": 0})
+    job = tmp_path / "job.yaml"
+    config.dump(
+        tiny_config(
+            train={"steps": 2, "checkpoint_every": 1, "val_samples": 2, "lr": 1e-3},
+            rl={"questions": 2, "group_size": 4, "minibatch_size": 4, "max_answer_tokens": 4, "trajectories_every": 1, "trajectories_logged": 16},
+            methods={"atp_rl": {"stage": "rl"}},
+        ),
+        job,
+    )
+    out = tmp_path / "rl2"
+    run_stage("rl", job, data, out, 2, ["--init", str(tmp_path / "atp")])
+    assert (out / "model" / "latent.json").exists() and (out / "model" / "latent_heads.safetensors").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["train/accuracy"] <= 1.0 and "val/accuracy" in metrics
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2]  # one writer: no line twice
+    for step in (1, 2):
+        rows = [json.loads(line) for line in (out / "trajectories" / f"step_{step:06d}.jsonl").read_text().splitlines()]
+        assert sorted(r["question_row"] for r in rows) == list(range(8))  # both processes' 4 rollouts, once each
+    assert not (tmp_path / "rl2_ckpt").exists()  # process 0 dropped the checkpoints once the outputs were written

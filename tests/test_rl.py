@@ -170,3 +170,18 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     history = [json.loads(line)["step"] for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert history == [1, 2, 3, 4]
     shutil.rmtree(tmp_path / "ck_b", ignore_errors=True)
+
+
+def test_processes_must_share_the_questions_and_the_minibatch_evenly():
+    from atp.config import ConfigError
+    from atp.stages.rl import check_world, rollout_generator
+
+    check_world(RLConfig(questions=4, group_size=2, minibatch_size=4), 2)
+    with pytest.raises(ConfigError, match=r"'rl\.questions'.*3 questions per RL step do not divide among 2 processes"):
+        check_world(RLConfig(questions=3, group_size=2, minibatch_size=2), 2)
+    with pytest.raises(ConfigError, match=r"'rl\.minibatch_size'"):
+        check_world(RLConfig(questions=4, group_size=3, minibatch_size=3), 2)
+    # Rank 0 keeps the one-process draws; other ranks draw differently, and the same again for the same (seed, step, rank).
+    draw = lambda seed, step, rank: torch.rand(4, generator=rollout_generator(seed, step, rank, "cpu"))  # noqa: E731
+    assert torch.equal(draw(1, 5, 0), torch.rand(4, generator=torch.Generator().manual_seed(1 * 1_000_003 + 5)))
+    assert not torch.equal(draw(1, 5, 0), draw(1, 5, 1)) and torch.equal(draw(1, 5, 1), draw(1, 5, 1))

@@ -8,6 +8,7 @@ Language models are decoded greedily. Latent models run the latent loop in the
 deterministic `mu` mode and, for variants with sampled latents, `eval.samples` times
 with sampled latents (seeds 0..R-1): accuracy is the mean over the sampled runs,
 with its standard deviation; #tokens = latents + answer tokens (the paper's count).
+`eval.bf16` decodes under bf16 autocast (weights stay fp32).
 Writes <out-dir>/<suite>/predictions.jsonl and <out-dir>/<suite>/metrics.json.
 """
 
@@ -61,6 +62,8 @@ def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig,
 
 
 def main(args, config: dict) -> None:
+    import torch
+
     from atp.latent import is_latent, load_latent
     from atp.modeling import load_model
     from atp.tracking import Tracker
@@ -80,7 +83,8 @@ def main(args, config: dict) -> None:
             if eval_cfg.limit is not None:
                 records = records[: eval_cfg.limit]
             started = time.time()
-            predictions, metrics = evaluate(model, tokenizer, records, eval_cfg, dist.device)
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=eval_cfg.bf16):
+                predictions, metrics = evaluate(model, tokenizer, records, eval_cfg, dist.device)
             seconds = time.time() - started
             write_jsonl(out_dir / suite / "predictions.jsonl", predictions)
             write_json(out_dir / suite / "metrics.json", {"method": args.method, "seed": args.seed, "suite": suite, **metrics})

@@ -31,9 +31,14 @@ def main(args, config: dict) -> None:
     from atp.tracking import Tracker
     from atp.train import train
 
+    from atp.launch import check_launch
+
+    check_launch()  # before the process group and the model: an FSDP/DeepSpeed launch is refused at once
     s = setup(args, config)
     latent_cfg = to_dataclass(LatentConfig, {**config["latent"], "variant": s.method["variant"]}, "latent")
     model = LatentReasoner(starting_model(args, config, s.tokenizer), latent_cfg, s.tokenizer).to(s.dist.device)
+    if s.train_cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()  # KV-cache-safe for the latent loop (see LatentReasoner)
     records, dropped = encode_latent_records(read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, s.train_cfg.max_length, latent_cfg)
     lengths = [len(r.prompt) + sum(map(len, r.steps)) for r in records]
     log.info(

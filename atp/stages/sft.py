@@ -45,9 +45,14 @@ def main(args, config: dict) -> None:
     from atp.tracking import Tracker
     from atp.train import TokenObjective, train
 
+    from atp.launch import check_launch
+
+    check_launch()  # before the process group and the model: an FSDP/DeepSpeed launch is refused at once
     s = setup(args, config)
     fmt = s.method["format"]
     model = starting_model(args, config, s.tokenizer).to(s.dist.device)
+    if s.train_cfg.gradient_checkpointing:
+        modeling.enable_gradient_checkpointing(model)
     examples, dropped = encode_examples(read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, fmt, s.train_cfg.max_length)
     log.info(
         "%s: %d parameters, %d training sequences (%d longer than %d dropped), %d steps of %d",

@@ -26,6 +26,10 @@ envvars:
 
 _search_path = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 os.environ.update(PATH=_search_path)
+# Where multi-GPU training jobs find their accelerate configs (workflow/accelerate/<resources.accelerate>.yaml),
+# as an environment variable rather than a path in the command: moving the checkout must not rerun jobs,
+# and a job on a SLURM node re-reads this file, so it sees the variable too. A user's own value wins.
+os.environ.setdefault("ATP_ACCELERATE_CONFIGS", os.path.join(workflow.basedir, "accelerate"))
 EXP = config["experiment"]
 ALL_METHODS = list(config["methods"])
 # The table's rows; a disabled method is still trained when an enabled one starts from it.

@@ -1,0 +1,66 @@
+"""Launching training on N processes from the workflow: the `train` rule's accelerate command, and what the stages refuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, ROOT
+
+TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+
+
+def snakemake(workdir, *args):
+    cmd = [PYTHON, "-m", "snakemake", *args, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(TEST_CONFIG), "--cores", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    return tmp_path
+
+
+def test_check_launch_refuses_fsdp_and_deepspeed():
+    from atp.config import ConfigError
+    from atp.launch import check_launch
+
+    check_launch({})
+    check_launch({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_MIXED_PRECISION": "no"})
+    with pytest.raises(ConfigError, match="FSDP config .*DDP\\) only"):
+        check_launch({"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(ConfigError, match="DeepSpeed"):
+        check_launch({"ACCELERATE_USE_DEEPSPEED": "True"})
+
+
+@pytest.mark.slow
+def test_the_dry_run_launches_multi_gpu_training_through_accelerate(workdir):
+    accelerate = "accelerate launch --config_file $ATP_ACCELERATE_CONFIGS/ddp.yaml --num_processes 2 -m"
+    out = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=2")
+    assert out.count(accelerate) == 5  # the 5 trainings of the test config, each launched through accelerate
+    fsdp = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=4", "train:accelerate=fsdp")
+    assert "--config_file $ATP_ACCELERATE_CONFIGS/fsdp.yaml --num_processes 4 -m" in fsdp
+    # One GPU (or none, the rule's default): `python -m`, never accelerate.
+    for extra in ([], ["--set-resources", "train:gpu=1"]):
+        out = snakemake(workdir, "-n", "-p", *extra)
+        assert "if [ 0 -gt 1 ]" in out or "if [ 1 -gt 1 ]" in out
+        assert "accelerate launch --config_file" in out  # the (untaken) branch is part of the printed command
+
+
+@pytest.mark.slow
+def test_a_training_job_runs_on_two_processes_through_accelerate(workdir):
+    """CoT-SFT of the test config with train:gpu=2 on this CPU machine: accelerate starts 2 gloo processes."""
+    snakemake(workdir, "results/test/train/cot_sft/seed0/metrics.json", "--set-resources", "train:gpu=2")
+    run = workdir / "results" / "test" / "train" / "cot_sft" / "seed0"
+    log = (workdir / "results" / "test" / "logs" / "train" / "cot_sft" / "seed0.log").read_text()
+    assert log.count("cot_sft: 30240 parameters") == 2  # both processes started
+    assert (run / "model" / "model.safetensors").exists() and "train/loss" in json.loads((run / "metrics.json").read_text())
+    assert [json.loads(line)["step"] for line in (run / "history.jsonl").read_text().splitlines()] == [4, 8, 12]  # one writer
+    # The launcher is a resource, not a parameter: running the same target on one process reruns nothing.
+    assert "Nothing to be done" in snakemake(workdir, "results/test/train/cot_sft/seed0/metrics.json", "-n")
