@@ -47,6 +47,9 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
     assert (exp / "data" / "card.md").exists() and (exp / "data" / "tokenizer" / "tokenizer.json").exists()
     assert (exp / "train" / "cot_sft" / "seed0" / "model" / "model.safetensors").exists()
     assert (exp / "benchmarks" / "train" / "cot_sft" / "seed0.tsv").exists()
+    # Provenance: the commit, and per row the config hash of the job that trained the model.
+    trained = json.loads((exp / "train" / "cot_sft" / "seed0" / "model" / "meta.json").read_text())["config_hash"]
+    assert "Produced from git commit" in table and f"CoT-SFT `{trained}`" in table
 
 
 def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):

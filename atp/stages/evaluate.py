@@ -22,7 +22,7 @@ from pathlib import Path
 from atp import cli
 from atp.config import EvalConfig, to_dataclass
 from atp.data.records import read_jsonl, write_jsonl
-from atp.runtime import compute_init, seed_everything, write_json
+from atp.runtime import compute_init, read_json, seed_everything, write_json
 
 log = logging.getLogger("atp.evaluate")
 
@@ -75,6 +75,7 @@ def main(args, config: dict) -> None:
     model, tokenizer = load_latent(args.model) if latent else load_model(args.model)
     model.to(dist.device)
     evaluate = evaluate_latent if latent else evaluate_language
+    trained_by = read_json(Path(args.model) / "meta.json").get("config_hash")  # the training job's config, for the table
     out_dir = Path(args.out_dir)
     tags = {"rule": args.rule or "evaluate", "wildcards": args.wildcards, "seed": args.seed, "method": args.method}
     with Tracker(config, "evaluate", args.parent, f"eval-{args.method}-seed{args.seed}", tags, enabled=not args.no_tracking) as tracker:
@@ -87,7 +88,7 @@ def main(args, config: dict) -> None:
                 predictions, metrics = evaluate(model, tokenizer, records, eval_cfg, dist.device)
             seconds = time.time() - started
             write_jsonl(out_dir / suite / "predictions.jsonl", predictions)
-            write_json(out_dir / suite / "metrics.json", {"method": args.method, "seed": args.seed, "suite": suite, **metrics})
+            write_json(out_dir / suite / "metrics.json", {"method": args.method, "seed": args.seed, "suite": suite, "model_config_hash": trained_by, **metrics})
             log.info("%s on %s: accuracy %.4f, %.1f tokens, %.1fs", args.method, suite, metrics["accuracy"], metrics["tokens"], seconds)
             scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
             for key in ("fidelity_by_step", "accuracy_by_steps"):

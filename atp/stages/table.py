@@ -53,6 +53,7 @@ def aggregate(metrics: list[dict], methods: dict) -> "object":
             continue
         seeds = sorted({m["seed"] for m in mine})
         row = {"method": name, "label": spec.get("label", name), "seeds": len(seeds)}
+        row["config_hash"] = " ".join(sorted({m.get("model_config_hash") or "?" for m in mine}))  # the training job's config
         per_seed_avg_acc, per_seed_avg_tok = [], []
         for seed in seeds:
             by_suite = {m["suite"]: m for m in mine if m["seed"] == seed}
@@ -95,6 +96,9 @@ def markdown(frame, suites: list[str], provenance: str) -> str:
         + ". #tok = generated tokens per question: CoT and answer for language models; latents used and answer"
         " tokens for latent models (the paper's count). EOS excluded.\n"
     )
+    if "config_hash" in frame.columns:
+        trained = ", ".join(f"{row['label']} `{row['config_hash']}`" for _, row in frame.iterrows())
+        provenance += f"Training job config hashes (tag `config_hash` of each MLflow training run): {trained}.\n"
     return "# Results\n\n" + "\n".join(lines) + "\n" + note + fidelity_markdown(frame, suites) + provenance
 
 
