@@ -250,7 +250,7 @@ def resume_point(ckpt_dir: Path, meta: dict | None = None, strategy: str = "sing
     written = saved.get("strategy", "single")  # checkpoints from before FSDP: 1 process or DDP
     if optimizer_format(written) != optimizer_format(strategy):
         raise ConfigError(
-            f"the checkpoint {existing[-1]} was written by a {written} run and this run is {strategy}: their optimizer states "
+            f"the checkpoint {existing[-1]} was written with strategy {written} and this run is {strategy}: their optimizer states "
             f"are saved in different formats, so it cannot resume there. Relaunch it as it was launched ({written}: "
             f"{'accelerate launch --config_file workflow/accelerate/fsdp.yaml' if written == 'fsdp' else 'workflow/accelerate/ddp.yaml, torchrun or one process'}), "
             f"or delete {ckpt_dir} to train from step 0"
