@@ -183,10 +183,11 @@ def test_the_rl_stage_runs_on_two_processes_and_process_0_alone_writes(tiny_data
 FSDP_LAUNCH = [PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "workflow" / "accelerate" / "fsdp.yaml"), "--num_processes", "2"]
 # FSDP reduce-scatters (averages) each gradient shard where DDP all-reduces whole gradients: only the
 # summation order differs from one process, so, as for DDP, the curves agree to float32 rounding (the history
-# holds losses rounded to 6 decimals; measured max relative difference 2.011e-07 for CoT-SFT, 0 for Coconut)
-# and RTOL applies. The saved weights after 8 AdamW steps (lr 1e-3) agree to rounding as well: measured max
-# |difference| 1.375e-06 (CoT-SFT) and 3.958e-07 (Coconut); 1e-5 leaves room for other summation orders and
-# still fails on a wrong gradient average or a process training on the wrong rows (whole steps of lr).
+# holds losses rounded to 6 decimals; measured max relative difference 0, in micro-batches of 2 as below;
+# 2.011e-07 for CoT-SFT without micro-batches) and RTOL applies. The saved weights after 8 AdamW steps
+# (lr 1e-3) agree to rounding as well: measured max |difference| 4.098e-08 (CoT-SFT) and 1.192e-07 (Coconut);
+# 1e-5 leaves room for other summation orders and still fails on a wrong gradient average or a process
+# training on the wrong rows (whole steps of lr).
 FSDP_ATOL = 1e-5
 fsdp_method = {"sft": "cot_sft", "latent_sft": "coconut", "rl": "atp_rl", "atp": "atp"}
 
@@ -230,7 +231,8 @@ def fsdp_job(tiny_data, tmp_path_factory):
     job = tmp / "job.yaml"
     config.dump(
         tiny_config(
-            train={"steps": 8, "batch_size": 8, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 2, "val_samples": 0},
+            # micro-batches of 2: 1 process accumulates 4 of them per step, each FSDP process 2 (a reduce-scatter each).
+            train={"steps": 8, "batch_size": 8, "micro_batch_size": 2, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 2, "val_samples": 0},
             latent={"c": 1, "max_steps": 2, "stage_steps": 3, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
             methods={"cot_sft": {"stage": "sft", "format": "cot"}, "coconut": {"stage": "latent_sft", "variant": "coconut"},
                      "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
@@ -271,7 +273,7 @@ def test_fsdp_equals_ddp_for_atp_latent_with_lora_and_gradient_checkpointing(fsd
     """ATP-Latent (sampled latents: the noise depends on the process, so the reference is DDP on 2 processes, not
     1 process) on a LoRA-wrapped backbone with train.gradient_checkpointing: the adapters (frozen weights in the
     same FSDP units), the step decoder's sharded layer and the checkpointed layers' recomputation under FSDP.
-    Measured: identical curves (6 decimals), saved weights max |difference| 5.960e-08 (1.192e-07 without LoRA)."""
+    Measured: identical curves (6 decimals), saved weights max |difference| 1.490e-08."""
     from atp import config
 
     job, data, tmp = fsdp_job
