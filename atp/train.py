@@ -136,7 +136,8 @@ def checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int, files: tuple[Path, ...] = (), state: dict | None = None, optimizer_state: dict | None = None
+    ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int, files: tuple[Path, ...] = (),
+    state: dict | None = None, optimizer_state: dict | None = None,
 ) -> Path:
     """Weights as safetensors, optimizer state as tensors, copies of `files` (the run's history so far),
     meta.json last (it marks the folder complete). `state` and `optimizer_state`, when given, are
@@ -249,10 +250,10 @@ def resume_point(ckpt_dir: Path, meta: dict | None = None, strategy: str = "sing
     saved = read_json(existing[-1] / "meta.json")
     written = saved.get("strategy", "single")  # checkpoints from before FSDP: 1 process or DDP
     if optimizer_format(written) != optimizer_format(strategy):
+        how = "accelerate launch --config_file workflow/accelerate/fsdp.yaml" if written == "fsdp" else "workflow/accelerate/ddp.yaml, torchrun or one process"
         raise ConfigError(
             f"the checkpoint {existing[-1]} was written with strategy {written} and this run is {strategy}: their optimizer states "
-            f"are saved in different formats, so it cannot resume there. Relaunch it as it was launched ({written}: "
-            f"{'accelerate launch --config_file workflow/accelerate/fsdp.yaml' if written == 'fsdp' else 'workflow/accelerate/ddp.yaml, torchrun or one process'}), "
+            f"are saved in different formats, so it cannot resume there. Relaunch it as it was launched ({written}: {how}), "
             f"or delete {ckpt_dir} to train from step 0"
         )
     if saved.get("git_commit") != git_info()["commit"]:
@@ -417,7 +418,10 @@ def train(
             window, window_steps, window_start = {}, 0, time.time()
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             # FSDP gathers the full weights and optimizer state on every process (collectives); process 0 writes.
-            full, optimizer_full = (sharding.full_state(train_model, keep=dist.is_main), sharding.optimizer_state(train_model, optimizer)) if fsdp else (None, None)
+            full = optimizer_full = None
+            if fsdp:
+                full = sharding.full_state(train_model, keep=dist.is_main)
+                optimizer_full = sharding.optimizer_state(train_model, optimizer)
             if dist.is_main:
                 loop = {"window": window, "window_steps": window_steps, "metrics": metrics}
                 save_checkpoint(ckpt_dir, done, model, optimizer, {**meta, "strategy": strategy, "loop": loop}, cfg.keep_checkpoints,
