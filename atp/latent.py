@@ -353,6 +353,12 @@ class LatentReasoner(nn.Module):
         if self.cfg.spec.decoder:
             enable_gradient_checkpointing(self.decoder)
 
+    def shared_cache_layers(self) -> list[nn.Module]:
+        """The backbone's decoder layers: one loop calls each of them again and again (prefix, every slot, suffix),
+        the later calls reading the earlier ones' keys and values through the KV cache, so their gradients only
+        complete at the very end of the backward pass. FSDP must not shard them one by one (see atp.sharding)."""
+        return list(self.core.layers)
+
     def recomputes(self) -> bool:
         """Whether a backbone forward now would be checkpointed (checkpointing on, a layer in training mode, gradients on)."""
         return torch.is_grad_enabled() and any(getattr(layer, "gradient_checkpointing", False) and layer.training for layer in self.core.layers)

@@ -1,9 +1,14 @@
-"""What a training stage checks about how it was launched (torchrun, accelerate launch, or plain python).
+"""What a training stage checks about how it was launched (torchrun, accelerate launch, or plain python),
+and which parallel strategy the launch asks for.
 
-The stages do their own data parallelism (torch DDP in atp/train.py, an explicit gradient all-reduce in
-the RL update) and never call accelerate's Accelerator, so accelerate is only a process launcher here.
-An accelerate config that asks for more than that (FSDP, DeepSpeed, Megatron-LM) would be silently
-ignored: the stages refuse it instead, before loading anything.
+The stages do their own parallelism and never call accelerate's Accelerator, so accelerate is only a
+process launcher here: its config's distributed_type reaches the stages as environment variables.
+- MULTI_GPU (workflow/accelerate/ddp.yaml), torchrun: `ddp`, torch DDP in atp/train.py and an explicit
+  gradient all-reduce in the RL update.
+- FSDP (workflow/accelerate/fsdp.yaml, ACCELERATE_USE_FSDP=true): `fsdp`, torch's fully_shard per decoder
+  layer in atp/train.py (atp/sharding.py), for the SFT stages (sft, latent_sft). The RL stage's update
+  all-reduces whole gradients itself, which does not shard: it refuses FSDP.
+- DeepSpeed and Megatron-LM would be silently ignored: every stage refuses them, before loading anything.
 """
 
 from __future__ import annotations
@@ -15,22 +20,43 @@ from atp.config import ConfigError
 
 log = logging.getLogger(__name__)
 UNSUPPORTED = {
-    "ACCELERATE_USE_FSDP": "FSDP",
     "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
     "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
 }
+FSDP = "ACCELERATE_USE_FSDP"
+FSDP_STAGES = ("sft", "latent_sft")  # the stages whose loop is atp.train.train
 
 
-def check_launch(environ: dict | None = None) -> None:
-    """Raise ConfigError when accelerate was asked for sharding the stages do not do; warn about its precision setting."""
+def _true(environ, key: str) -> bool:
+    return environ.get(key, "false").lower() in ("true", "1", "yes")
+
+
+def strategy(world_size: int, environ: dict | None = None) -> str:
+    """`fsdp` (an accelerate FSDP launch on more than one process), `ddp` (any other launch on more than one), or `single`."""
+    environ = os.environ if environ is None else environ
+    if world_size <= 1:
+        if _true(environ, FSDP):
+            log.warning("an FSDP launch on one process: nothing to shard, training as one process")
+        return "single"
+    return "fsdp" if _true(environ, FSDP) else "ddp"
+
+
+def check_launch(stage: str, environ: dict | None = None) -> None:
+    """Raise ConfigError when accelerate was asked for what stage `stage` (sft, latent_sft, rl) does not do; warn about its precision setting."""
     environ = os.environ if environ is None else environ
     for key, name in UNSUPPORTED.items():
-        if environ.get(key, "false").lower() in ("true", "1", "yes"):
+        if _true(environ, key):
             raise ConfigError(
                 f"launched with an accelerate {name} config ({key}={environ[key]}): the training stages run data-parallel "
-                f"(DDP) only; launch with workflow/accelerate/ddp.yaml (the train rule's default, resources.accelerate=ddp) "
-                f"or torchrun. See workflow/accelerate/fsdp.yaml for what {name} support would need"
+                f"(DDP, and FSDP for {' and '.join(FSDP_STAGES)}) only; launch with workflow/accelerate/ddp.yaml (the train rule's "
+                f"default, resources.accelerate=ddp), workflow/accelerate/fsdp.yaml or torchrun"
             )
+    if _true(environ, FSDP) and stage not in FSDP_STAGES:
+        raise ConfigError(
+            f"launched with an accelerate FSDP config ({FSDP}={environ[FSDP]}): the {stage} stage runs data-parallel (DDP) only "
+            f"(its update all-reduces whole gradients, which does not shard); FSDP works for the {' and '.join(FSDP_STAGES)} "
+            f"stages. Launch {stage} with workflow/accelerate/ddp.yaml (resources.accelerate=ddp, the train rule's default) or torchrun"
+        )
     precision = environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if precision not in ("no", ""):
         log.warning("accelerate's mixed_precision=%s is ignored: precision is the config's train.bf16 (autocast in the stages)", precision)

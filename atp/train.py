@@ -135,18 +135,23 @@ def checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted((p for p in ckpt_dir.glob("step_*") if (p / "meta.json").exists()), key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int, files: tuple[Path, ...] = ()) -> Path:
+def save_checkpoint(
+    ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int, files: tuple[Path, ...] = (),
+    state: dict | None = None, optimizer_state: dict | None = None,
+) -> Path:
     """Weights as safetensors, optimizer state as tensors, copies of `files` (the run's history so far),
-    meta.json last (it marks the folder complete)."""
+    meta.json last (it marks the folder complete). `state` and `optimizer_state`, when given, are
+    written instead of the model's and the optimizer's own (FSDP: the gathered full ones)."""
     from safetensors.torch import save_file
 
     final = ckpt_dir / f"step_{step:07d}"
     tmp = ckpt_dir / f".tmp_step_{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if state is None:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, tmp / "model.safetensors")  # cloned, so tied weights no longer share memory
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     for file in files:
         if Path(file).exists():
             shutil.copy2(file, tmp / Path(file).name)
@@ -220,15 +225,18 @@ class History:
 RESUME_KEYS = ("method", "seed", "config_hash")
 
 
-def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None = None) -> tuple[list, torch.optim.Optimizer, int]:
-    """(trainable parameters, AdamW over them, the step to start from): restored from the newest checkpoint if any.
+def optimizer_format(strategy: str | None) -> str:
+    """How a checkpoint's optimizer.pt is keyed: `full` (FSDP's full state, by parameter name) or
+    `plain` (torch's own optimizer.state_dict(), by parameter position: 1 process and DDP)."""
+    return "full" if strategy == "fsdp" else "plain"
 
-    Every training loop (the SFT stages here, the RL stage) starts this way, so they resume alike.
-    Checkpoints of another job config, method or seed (`meta`'s keys) are discarded, never resumed.
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    start = 0
+
+def resume_point(ckpt_dir: Path, meta: dict | None = None, strategy: str = "single") -> Path | None:
+    """The newest checkpoint to resume from, or None (checkpoints of another job config, method or
+    seed are discarded). A checkpoint whose optimizer state is in the other format (written under
+    FSDP, resumed without it, or the reverse) is refused: the run would silently lose its optimizer state."""
+    from atp.config import ConfigError
+
     existing = checkpoints(ckpt_dir)
     if existing and meta is not None:
         saved = read_json(existing[-1] / "meta.json")
@@ -237,13 +245,63 @@ def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | N
             log.warning("checkpoints in %s were made with another %s; discarding them and training from step 0", ckpt_dir, ", ".join(differs))
             drop_checkpoints(ckpt_dir)
             existing = []
-    if existing:
-        start = load_checkpoint(existing[-1], model, optimizer)
-        saved = read_json(existing[-1] / "meta.json")
-        if saved.get("git_commit") != git_info()["commit"]:
-            log.warning("the checkpoint was written by commit %s; this code is %s", saved.get("git_commit"), git_info()["commit"])
-        log.info("resuming from checkpoint %s (step %d of %d)", existing[-1], start, cfg.steps)
+    if not existing:
+        return None
+    saved = read_json(existing[-1] / "meta.json")
+    written = saved.get("strategy", "single")  # checkpoints from before FSDP: 1 process or DDP
+    if optimizer_format(written) != optimizer_format(strategy):
+        how = "accelerate launch --config_file workflow/accelerate/fsdp.yaml" if written == "fsdp" else "workflow/accelerate/ddp.yaml, torchrun or one process"
+        raise ConfigError(
+            f"the checkpoint {existing[-1]} was written with strategy {written} and this run is {strategy}: their optimizer states "
+            f"are saved in different formats, so it cannot resume there. Relaunch it as it was launched ({written}: {how}), "
+            f"or delete {ckpt_dir} to train from step 0"
+        )
+    if saved.get("git_commit") != git_info()["commit"]:
+        log.warning("the checkpoint was written by commit %s; this code is %s", saved.get("git_commit"), git_info()["commit"])
+    return existing[-1]
+
+
+def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None = None) -> tuple[list, torch.optim.Optimizer, int]:
+    """(trainable parameters, AdamW over them, the step to start from): restored from the newest checkpoint if any.
+
+    Every training loop (the SFT stages here, the RL stage) starts this way, so they resume alike.
+    Checkpoints of another job config, method or seed (`meta`'s keys) are discarded, never resumed.
+    """
+    trainable, optimizer = make_optimizer(model, cfg)
+    start = 0
+    path = resume_point(ckpt_dir, meta)
+    if path is not None:
+        start = load_checkpoint(path, model, optimizer)
+        log.info("resuming from checkpoint %s (step %d of %d)", path, start, cfg.steps)
     return trainable, optimizer, start
+
+
+def make_optimizer(model, cfg: TrainConfig) -> tuple[list, torch.optim.Optimizer]:
+    """(trainable parameters, AdamW over them)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return trainable, torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+
+
+def sharded_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None, device) -> tuple[torch.nn.Module, list, torch.optim.Optimizer, int]:
+    """FSDP's optimizer_and_resume: (the sharded copy of `model` that trains, its trainable parameters,
+    AdamW over them, the step to start from). The checkpoint's weights go into the plain `model` before
+    it is copied and sharded; the plain model then waits on the CPU (see atp.sharding)."""
+    from safetensors.torch import load_file
+
+    from atp import sharding
+
+    path = resume_point(ckpt_dir, meta, "fsdp")
+    start = 0
+    if path is not None:
+        model.load_state_dict(load_file(path / "model.safetensors"), strict=True)
+        start = int(read_json(path / "meta.json")["step"])
+    model.to("cpu")
+    sharded = sharding.shard(model, device)
+    trainable, optimizer = make_optimizer(sharded, cfg)
+    if path is not None:
+        sharding.load_optimizer_state(sharded, optimizer, torch.load(path / "optimizer.pt", weights_only=True))
+        log.info("resuming from checkpoint %s (step %d of %d)", path, start, cfg.steps)
+    return sharded, trainable, optimizer, start
 
 
 def loop_state(ckpt_dir: Path) -> dict:
@@ -265,6 +323,7 @@ def train(
     lengths: list[int] | None = None,
     on_log: Callable[[int, dict], None] | None = None,
     history: History | None = None,
+    strategy: str | None = None,
 ) -> dict:
     """Train `model` on `items` for `cfg.steps` steps, resuming from the newest checkpoint in `ckpt_dir`.
 
@@ -274,19 +333,32 @@ def train(
     the same whether or not the run was interrupted and resumed.
     A checkpoint is also written after the last step: if what follows training (validation,
     saving, MLflow) fails, a rerun resumes there instead of training again.
+
+    `strategy` (default: what the launch asked for, atp.launch.strategy) is `single`, `ddp` (torch DDP
+    around `model`) or `fsdp`: a fully sharded copy of `model` trains while `model` waits on the CPU, and
+    `model` gets the trained weights on every process at the end (see atp.sharding); either way `model`
+    is trained, in eval mode and on `dist.device` when this returns.
     """
     from tqdm import tqdm
+
+    from atp import launch, sharding
+
+    strategy = strategy or launch.strategy(dist.world_size)
+    fsdp = strategy == "fsdp"
 
     micro, accumulation = cfg.accumulation(dist.world_size)
     if lengths is None:
         lengths = [len(e.input_ids) for e in items]
     schedule = batch_schedule(lengths, cfg.batch_size, cfg.steps, seed)
-    trainable, optimizer, start = optimizer_and_resume(model, cfg, ckpt_dir, meta)
+    if fsdp:
+        train_model, trainable, optimizer, start = sharded_and_resume(model, cfg, ckpt_dir, meta, dist.device)
+    else:
+        trainable, optimizer, start = optimizer_and_resume(model, cfg, ckpt_dir, meta)
+        train_model = model
+        if dist.world_size > 1:
+            train_model = torch.nn.parallel.DistributedDataParallel(model)
     state = loop_state(ckpt_dir) if start else {}
-    ddp_model = model
-    if dist.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-    model.train()
+    train_model.train()
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     # The open logging window and the last logged metrics travel with the checkpoints, so that a
     # resumed run logs (and returns) exactly what the uninterrupted run would have.
@@ -307,8 +379,8 @@ def train(
         parts: dict[str, torch.Tensor] = {}
         for k in range(accumulation):
             with autocast:
-                loss, micro_parts = objective.loss(ddp_model, mine[k * micro : (k + 1) * micro], totals, step, dist.device)
-            # DDP averages gradients over processes; scale so the result is the mean over the effective batch.
+                loss, micro_parts = objective.loss(train_model, mine[k * micro : (k + 1) * micro], totals, step, dist.device)
+            # DDP and FSDP average gradients over processes; scale so the result is the mean over the effective batch.
             (loss * dist.world_size).backward()
             for name, value in micro_parts.items():
                 parts[name] = parts.get(name, 0) + value.detach().float()
@@ -319,7 +391,8 @@ def train(
         values = dict(zip(names, stacked.tolist()))
         loss_value = values["loss"]
         # The norm is computed even without clipping: a non-finite gradient must never reach the weights.
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")).item()
+        norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        grad_norm = (norm.full_tensor() if fsdp else norm).item()  # FSDP: a replicated DTensor
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             raise NonFiniteLoss(
                 f"loss {loss_value}, gradient norm {grad_norm} at step {step + 1}; stopped before updating the weights. "
@@ -343,9 +416,20 @@ def train(
             if on_log is not None:
                 on_log(done, metrics)
             window, window_steps, window_start = {}, 0, time.time()
-        if dist.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            loop = {"window": window, "window_steps": window_steps, "metrics": metrics}
-            save_checkpoint(ckpt_dir, done, model, optimizer, {**meta, "loop": loop}, cfg.keep_checkpoints, history.files if history else ())
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            # FSDP gathers the full weights and optimizer state on every process (collectives); process 0 writes.
+            full = optimizer_full = None
+            if fsdp:
+                full = sharding.full_state(train_model, keep=dist.is_main)
+                optimizer_full = sharding.optimizer_state(train_model, optimizer)
+            if dist.is_main:
+                loop = {"window": window, "window_steps": window_steps, "metrics": metrics}
+                save_checkpoint(ckpt_dir, done, model, optimizer, {**meta, "strategy": strategy, "loop": loop}, cfg.keep_checkpoints,
+                                history.files if history else (), state=full, optimizer_state=optimizer_full)
     progress.close()
+    if fsdp:  # every process: the trained weights into the caller's model, back on the device
+        sharding.load_full_state(model, train_model)
+        del train_model, trainable, optimizer
+        model.to(dist.device)
     model.eval()
     return metrics

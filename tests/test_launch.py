@@ -1,4 +1,4 @@
-"""Launching training on N processes from the workflow: the `train` rule's accelerate command, and what the stages refuse."""
+"""Launching training on N processes from the workflow: the `train` rule's accelerate command, the strategy a launch asks for, and what the stages refuse."""
 
 from __future__ import annotations
 
@@ -27,16 +27,23 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def test_check_launch_refuses_fsdp_and_deepspeed():
+def test_check_launch_refuses_deepspeed_and_fsdp_for_rl():
     from atp.config import ConfigError
-    from atp.launch import check_launch
+    from atp.launch import check_launch, strategy
 
-    check_launch({})
-    check_launch({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_MIXED_PRECISION": "no"})
-    with pytest.raises(ConfigError, match="FSDP config .*DDP\\) only"):
-        check_launch({"ACCELERATE_USE_FSDP": "true"})
-    with pytest.raises(ConfigError, match="DeepSpeed"):
-        check_launch({"ACCELERATE_USE_DEEPSPEED": "True"})
+    for stage in ("sft", "latent_sft", "rl"):
+        check_launch(stage, {})
+        check_launch(stage, {"ACCELERATE_USE_FSDP": "false", "ACCELERATE_MIXED_PRECISION": "no"})
+        with pytest.raises(ConfigError, match="DeepSpeed"):
+            check_launch(stage, {"ACCELERATE_USE_DEEPSPEED": "True"})
+    # FSDP: the SFT stages shard (atp/sharding.py); the RL update all-reduces whole gradients and refuses it.
+    check_launch("sft", {"ACCELERATE_USE_FSDP": "true"})
+    check_launch("latent_sft", {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(ConfigError, match="the rl stage runs data-parallel \\(DDP\\) only .*workflow/accelerate/ddp.yaml"):
+        check_launch("rl", {"ACCELERATE_USE_FSDP": "true"})
+    assert strategy(2, {"ACCELERATE_USE_FSDP": "true"}) == "fsdp"
+    assert strategy(2, {}) == strategy(2, {"ACCELERATE_USE_FSDP": "false"}) == "ddp"
+    assert strategy(1, {}) == strategy(1, {"ACCELERATE_USE_FSDP": "true"}) == "single"
 
 
 @pytest.mark.slow

@@ -82,6 +82,28 @@ def test_resume_from_checkpoint_is_exact(tiny_data, tmp_path):
         assert torch.equal(a, c), name
 
 
+def test_a_checkpoint_of_the_other_optimizer_format_is_refused(tiny_data, tmp_path):
+    """FSDP checkpoints hold the optimizer state keyed by parameter name, 1-process and DDP ones torch's
+    positional state dict: resuming across them would lose the optimizer state, so it is refused (the weights file is the same)."""
+    import json
+
+    from atp.config import ConfigError
+    from atp.train import resume_point
+
+    model, examples, cfg, tok = _setup(tiny_data, steps=3, checkpoint_every=3)
+    train(model, examples, cfg, CPU, 0, tmp_path / "c", TokenObjective(tok.pad_token_id), Recorder(), {})
+    (saved,) = checkpoints(tmp_path / "c")
+    assert json.loads((saved / "meta.json").read_text())["strategy"] == "single"
+    assert resume_point(tmp_path / "c", {}, "ddp") == saved  # 1 process and DDP: one format
+    with pytest.raises(ConfigError, match="written with strategy single and this run is fsdp.*different formats.*or delete"):
+        resume_point(tmp_path / "c", {}, "fsdp")
+    meta = json.loads((saved / "meta.json").read_text())
+    (saved / "meta.json").write_text(json.dumps({**meta, "strategy": "fsdp"}))
+    with pytest.raises(ConfigError, match="written with strategy fsdp and this run is ddp.*workflow/accelerate/fsdp.yaml"):
+        resume_point(tmp_path / "c", {}, "ddp")
+    assert resume_point(tmp_path / "c", {}, "fsdp") == saved
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_data, tmp_path):
     model, examples, cfg, tok = _setup(tiny_data, steps=8, checkpoint_every=2, log_every=1)
 

@@ -181,7 +181,7 @@ def main(args, config: dict) -> None:
 
     from atp.launch import check_launch
 
-    check_launch()  # before the process group and the model: an FSDP/DeepSpeed launch is refused at once
+    check_launch("rl")  # before the process group and the model: an FSDP/DeepSpeed launch is refused at once
     s = setup(args, config)
     if not args.init:
         raise ConfigError(f"config key 'methods.{args.method}.init': the rl stage starts from a trained ATP-Latent model")

@@ -28,8 +28,8 @@ rule train:
         # through `accelerate launch` (data-parallel); set it per run or profile, e.g.
         # --set-resources train:gpu=4. Resources are no rerun trigger: changing them reruns nothing.
         gpu=0,
-        # The accelerate config of a multi-GPU job: workflow/accelerate/<accelerate>.yaml (ddp; fsdp is
-        # refused by the stages for now). A runtime choice, so a resource (profile: set-resources), not config.
+        # The accelerate config of a multi-GPU job: workflow/accelerate/<accelerate>.yaml (ddp; fsdp for the
+        # SFT stages, refused by RL). A runtime choice, so a resource (profile: set-resources), not config.
         accelerate="ddp",
     conda:
         "../envs/atp.yaml"
