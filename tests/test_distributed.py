@@ -220,6 +220,16 @@ def max_rel(one: dict, two: dict) -> float:
     return max(abs(two[s] - one[s]) / abs(one[s]) for s in one)
 
 
+def assert_same_run(reference, other, what: str, steps: list[int]) -> None:
+    """`other` logged the loss curve of `reference` (rel RTOL) at `steps` and saved its weights (abs FSDP_ATOL)."""
+    one, two = curve(reference), curve(other)
+    diff = compare_weights(reference / "model", other / "model")
+    print(f"{what}: loss max relative difference {max_rel(one, two):.3e}, saved weights max |difference| {diff:.3e}")
+    assert list(one) == list(two) == steps
+    assert two == pytest.approx(one, rel=RTOL)
+    assert diff <= FSDP_ATOL
+
+
 @pytest.fixture(scope="module")
 def fsdp_job(tiny_data, tmp_path_factory):
     """(job config, data dir, the 1-process CoT-SFT run) shared by the FSDP tests."""
@@ -246,12 +256,7 @@ def fsdp_job(tiny_data, tmp_path_factory):
 def test_fsdp_cot_sft_follows_the_one_process_curve(fsdp_job):
     job, data, tmp = fsdp_job
     run_fsdp("sft", job, data, tmp / "sft_fsdp")
-    one, two = curve(tmp / "sft1"), curve(tmp / "sft_fsdp")
-    diff = compare_weights(tmp / "sft1" / "model", tmp / "sft_fsdp" / "model")
-    print(f"CoT-SFT, FSDP on 2 vs 1 process: loss max relative difference {max_rel(one, two):.3e}, saved weights max |difference| {diff:.3e}")
-    assert list(one) == list(two) == [2, 4, 6, 8]
-    assert two == pytest.approx(one, rel=RTOL)
-    assert diff <= FSDP_ATOL
+    assert_same_run(tmp / "sft1", tmp / "sft_fsdp", "CoT-SFT, FSDP on 2 vs 1 process", [2, 4, 6, 8])
     assert not (tmp / "sft_fsdp_ckpt").exists()  # process 0 dropped the checkpoints once the outputs were written
 
 
@@ -261,12 +266,7 @@ def test_fsdp_latent_sft_follows_the_one_process_curve(fsdp_job):
     init = ["--init", str(tmp / "sft1" / "model")]
     run_stage("latent_sft", job, data, tmp / "latent1", 1, init)
     run_fsdp("latent_sft", job, data, tmp / "latent_fsdp", init)
-    one, two = curve(tmp / "latent1"), curve(tmp / "latent_fsdp")
-    diff = compare_weights(tmp / "latent1" / "model", tmp / "latent_fsdp" / "model")
-    print(f"Coconut latent SFT, FSDP on 2 vs 1 process: loss max relative difference {max_rel(one, two):.3e}, saved weights max |difference| {diff:.3e}")
-    assert list(one) == list(two) == [2, 4, 6, 8]
-    assert two == pytest.approx(one, rel=RTOL)
-    assert diff <= FSDP_ATOL
+    assert_same_run(tmp / "latent1", tmp / "latent_fsdp", "Coconut latent SFT, FSDP on 2 vs 1 process", [2, 4, 6, 8])
 
 
 def test_fsdp_equals_ddp_for_atp_latent_with_lora_and_gradient_checkpointing(fsdp_job):
@@ -287,12 +287,7 @@ def test_fsdp_equals_ddp_for_atp_latent_with_lora_and_gradient_checkpointing(fsd
     finally:
         stage_method["latent_sft"] = "coconut"
     run_fsdp("latent_sft", tmp / "lora.yaml", data, tmp / "lora_fsdp", init, method="atp")
-    ddp, fsdp = curve(tmp / "lora_ddp"), curve(tmp / "lora_fsdp")
-    diff = compare_weights(tmp / "lora_ddp" / "model", tmp / "lora_fsdp" / "model")
-    print(f"ATP-Latent, LoRA, gradient checkpointing, FSDP vs DDP: loss max relative difference {max_rel(ddp, fsdp):.3e}, saved weights max |difference| {diff:.3e}")
-    assert list(ddp) == list(fsdp) == [2, 4, 6]
-    assert fsdp == pytest.approx(ddp, rel=RTOL)
-    assert diff <= FSDP_ATOL
+    assert_same_run(tmp / "lora_ddp", tmp / "lora_fsdp", "ATP-Latent, LoRA, gradient checkpointing, FSDP vs DDP", [2, 4, 6])
 
 
 # A stage run that SIGKILLs process 0 right after it wrote the checkpoint of step 4 (of 8); the launcher then

@@ -28,9 +28,14 @@ class StageSetup:
 
 
 def setup(args, config: dict) -> StageSetup:
-    """Processes, seed, the method's settings, folders and the tokenizer of a training stage."""
-    from atp import modeling
+    """Processes, seed, the method's settings, folders and the tokenizer of a training stage.
 
+    First of all, the launch is checked against the method's stage (atp.launch.check_launch): a launch the
+    stage cannot honour (DeepSpeed, or FSDP for RL) is refused before the process group and the model."""
+    from atp import modeling
+    from atp.launch import check_launch
+
+    check_launch(config["methods"][args.method]["stage"])
     dist = compute_init(args.threads)
     seed_everything(args.seed)
     out_dir = Path(args.out_dir)

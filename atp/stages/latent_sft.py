@@ -31,9 +31,6 @@ def main(args, config: dict) -> None:
     from atp.tracking import Tracker
     from atp.train import train
 
-    from atp.launch import check_launch
-
-    check_launch("latent_sft")  # before the process group and the model: a DeepSpeed launch is refused at once
     s = setup(args, config)
     latent_cfg = to_dataclass(LatentConfig, {**config["latent"], "variant": s.method["variant"]}, "latent")
     model = LatentReasoner(starting_model(args, config, s.tokenizer), latent_cfg, s.tokenizer).to(s.dist.device)

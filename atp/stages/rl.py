@@ -179,9 +179,6 @@ def main(args, config: dict) -> None:
     from atp.tracking import Tracker
     from atp.train import batch_schedule, loop_state, lr_factor, optimizer_and_resume, save_checkpoint
 
-    from atp.launch import check_launch
-
-    check_launch("rl")  # before the process group and the model: an FSDP/DeepSpeed launch is refused at once
     s = setup(args, config)
     if not args.init:
         raise ConfigError(f"config key 'methods.{args.method}.init': the rl stage starts from a trained ATP-Latent model")

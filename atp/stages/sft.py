@@ -45,9 +45,6 @@ def main(args, config: dict) -> None:
     from atp.tracking import Tracker
     from atp.train import TokenObjective, train
 
-    from atp.launch import check_launch
-
-    check_launch("sft")  # before the process group and the model: a DeepSpeed launch is refused at once
     s = setup(args, config)
     fmt = s.method["format"]
     model = starting_model(args, config, s.tokenizer).to(s.dist.device)
