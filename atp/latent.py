@@ -105,13 +105,20 @@ class Layout:
 
 
 def layout(record: LatentRecord, stage: int, cfg: LatentConfig, eos: int, eot: int) -> Layout:
-    """Stage k makes the first k steps latent; the last stage makes all latent and pads to c*S slots."""
+    """Stage k makes the first k steps latent and gives every record c*k slots (c*S at the last stage).
+
+    A record with fewer than k steps gets surplus slots past its real steps, at every stage and not
+    only the last (the paper's and Coconut's data code): fixed-budget variants keep them in the
+    context, stop-head variants mask them, label them "stop" and decode them to EOS. So the stop head
+    sees positive labels from stage 2 on, and an RL start at a middle stage has a trained stop head.
+    """
     spec, S, c = cfg.spec, cfg.max_steps, cfg.c
     n = len(record.steps)
     final = stage >= S
-    real = min(stage, n, S)
+    latent_steps = min(stage, S)
+    real = min(latent_steps, n)
     language = [] if final else record.steps[real:]
-    surplus = S - real if final else 0
+    surplus = latent_steps - real
     targets = [list(t) for t in record.step_texts[:real]]
     if final and n > S:  # steps beyond the S-th are joined into the S-th decoder target
         targets[-1] = [tok for t in record.step_texts[S - 1 :] for tok in t]

@@ -75,6 +75,36 @@ def test_the_last_stage_pads_to_c_times_s_slots_per_variant():
     assert simcot.decoder_targets[-1] == [7, 8, EOS]  # the surplus step decodes a pseudo-step holding the answer
 
 
+@pytest.mark.parametrize(
+    "variant, state, targets, stops",
+    [
+        ("atp", [ACTIVE] * 2 + [MASKED] * 2, [[10, EOS], [EOS]], [0, 1]),
+        ("atp_no_vae", [ACTIVE] * 2 + [MASKED] * 2, [[10, EOS], [EOS]], [0, 1]),
+        ("atp_no_stop", [ACTIVE] * 4, [[10, EOS], [EOS]], [0, 1]),
+        ("simcot", [ACTIVE] * 4, [[10, EOS], [7, 8, EOS]], [0, 1]),
+        ("coconut", [ACTIVE] * 4, [[10, EOS], [EOS]], [0, 1]),
+        ("pause", [ACTIVE] * 4, [[10, EOS], [EOS]], [0, 1]),
+    ],
+)
+def test_a_record_with_fewer_steps_than_the_stage_gets_surplus_slots_before_the_last_stage(variant, state, targets, stops):
+    """Stage 2 of 4, a one-step record: c*k = 4 slots, the second latent step is surplus (the paper's data code).
+
+    Stop-head variants mask it and learn "stop" there; fixed-budget variants keep it in the context.
+    (Decoder targets and stop labels are used only by the variants that have a decoder or a stop head.)
+    """
+    lay = layout(record(1), 2, LatentConfig(variant=variant, c=2, max_steps=4), EOS, EOT)
+    assert lay.slot_state == state
+    assert lay.suffix == [EOT, 7, 8, 99]
+    assert lay.decoder_targets == targets
+    assert lay.stop_labels == stops
+
+
+def test_stop_labels_appear_at_every_stage_from_the_second_on():
+    cfg = LatentConfig(variant="atp", c=2, max_steps=4)
+    assert [layout(record(1), k, cfg, EOS, EOT).stop_labels for k in (1, 2, 3, 4)] == [[0], [0, 1], [0, 1, 1], [0, 1, 1, 1]]
+    assert [sum(layout(record(2), k, cfg, EOS, EOT).stop_labels) for k in (1, 2, 3, 4)] == [0, 0, 1, 2]
+
+
 def test_steps_beyond_s_join_the_last_decoder_target():
     lay = layout(record(5), 3, LatentConfig(variant="atp", c=1, max_steps=3), EOS, EOT)
     assert lay.slot_state == [ACTIVE] * 3 and lay.suffix == [EOT, 7, 8, 99]
@@ -85,7 +115,7 @@ def test_a_batch_aligns_slots_and_takes_no_loss_on_eot_or_padding(tiny_data):
     model, records, _ = make(tiny_data, "atp", c=2, max_steps=4)
     few = [r for r in records if len(r.steps) == 1][:1] + [r for r in records if len(r.steps) == 3][:1]
     batch = model.batch(few, [2, 2], "cpu")
-    assert batch["state"].tolist() == [[ACTIVE, ACTIVE, ABSENT, ABSENT], [ACTIVE] * 4]
+    assert batch["state"].tolist() == [[ACTIVE, ACTIVE, MASKED, MASKED], [ACTIVE] * 4]  # c*k slots for every row
     assert (batch["prefix"][:, -1] == model.bot_id).all()  # left-padded: <bot> in the same column
     first = batch["layouts"][0].suffix
     assert batch["labels"][0, : len(first) - 1].tolist() == first[1:]  # the token after <eot> on
@@ -194,3 +224,27 @@ def test_explain_decodes_each_latent_step_of_one_question(tiny_data, tmp_path):
         assert len(run["steps"]) == run["latents"] <= 3 and run["tokens"] >= run["latents"]
     with pytest.raises(SystemExit):
         main(["--model", str(tmp_path / "missing"), "--question", question])
+
+
+def test_the_paper_configs_rl_start_has_trained_its_stop_head_on_stop_labels():
+    """config/paper.yaml starts RL from atp_e15 (curriculum stage 8 of 10): most of its steps must carry stop labels.
+
+    GSM8K-Aug has many problems of 2-4 steps; at stage k every record with fewer than k steps has surplus
+    slots labelled "stop", so a stage-8 policy has seen them for most of its training.
+    """
+    from pathlib import Path
+
+    from atp import config
+
+    root = Path(__file__).resolve().parents[1]
+    paper = config.load(root / "config" / "config.yaml", root / "config" / "paper.yaml")
+    rl_start = paper["methods"]["atp_rl"]["init"]
+    cfg = LatentConfig(**{**config.method_latent(paper, rl_start), "variant": paper["methods"][rl_start]["variant"]})
+    steps = config.method_train(paper, rl_start)["steps"]
+    final_stage = cfg.stage(steps - 1)
+    assert 2 <= final_stage < cfg.max_steps  # a middle stage, as in the paper
+    three_steps = record(3)
+    stages = [cfg.stage(step) for step in range(0, steps, cfg.stage_steps)]
+    with_stop = [k for k in stages if 1 in layout(three_steps, k, cfg, EOS, EOT).stop_labels]
+    assert len(with_stop) >= len(stages) // 2  # stages 4..8 of a 3-step record: stop labels for most of the run
+    assert layout(three_steps, final_stage, cfg, EOS, EOT).stop_labels == [0, 0, 0] + [1] * (final_stage - 3)
