@@ -3,11 +3,21 @@
 A trajectory is everything the policy sampled for one question: the Gaussian
 latents z of the slots it reached, its stop decisions at step boundaries and its
 answer tokens (temperature `temperature`, EOS included). Its log-probability is
-the sum of the Gaussian log-densities of the z (summed over dimensions), the
-stop-decision log-probabilities and the answer-token log-probabilities. Each of
-these is one *action* of the PPO-clip loss: the log-ratio of every action is
-clamped to [-clamp, clamp] before `exp`, and the loss is the mean over every
-action of a minibatch.
+the sum of the Gaussian log-densities of the z (summed over dimensions, or
+averaged with `latent_logp: mean` as CoLaR does), the stop-decision
+log-probabilities and the answer-token log-probabilities. Each of these is one
+*action* of the PPO-clip loss: the log-ratio of every action is clamped to
+[-clamp, clamp] before `exp`. The loss has the paper's shape (`loss: sequence`):
+per trajectory, a masked mean over its latent and stop actions (the latents
+weighted by `latent_weight`) plus a masked mean over its answer tokens, averaged
+over the minibatch's trajectories; `loss: action` pools every action of the
+minibatch into one masked mean instead.
+
+The latent score-function term can drown the answer tokens' (a log-density summed
+over d dimensions has a gradient 12-600x the answer's on the miniature), so every
+`diagnostics_every` steps `gradient_diagnostics` logs the gradient norm of each
+action type and the cosine between the policy gradients of two halves of the
+step's groups: a cosine near 0 says the update is noise at this many trajectories.
 
 `rollout` samples trajectories (no gradient) and records their log-probabilities
 under the sampling weights; `replay` recomputes them, with gradient, under the
@@ -43,6 +53,11 @@ class RLConfig:
     max_answer_tokens: int = 16
     trajectories_every: int = 25  # RL steps between trajectory artifacts
     trajectories_logged: int = 16  # trajectories written each time
+    loss: str = "sequence"  # sequence: per-trajectory means of the latent and answer terms, summed (the paper) | action: one mean over all actions
+    latent_logp: str = "sum"  # sum: a latent's Gaussian log-density summed over dimensions (the paper) | mean: averaged (CoLaR)
+    latent_weight: float = 1.0  # weight of the latent actions in the loss (stop decisions and answer tokens keep 1)
+    frozen: bool = False  # roll out and score on the same schedule without updating: the control the reward curves are read against
+    diagnostics_every: int = 10  # RL steps between gradient diagnostics (per-action-type norms, two-half cosine); 0 = off
     rewards: dict | None = None  # RewardConfig fields
 
     def __post_init__(self) -> None:
@@ -54,6 +69,12 @@ class RLConfig:
             raise ValueError(f"minibatch_size {self.minibatch_size} does not divide questions x group_size = {self.questions * self.group_size}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss not in ("sequence", "action"):
+            raise ValueError(f"loss must be 'sequence' or 'action', not {self.loss!r}")
+        if self.latent_logp not in ("sum", "mean"):
+            raise ValueError(f"latent_logp must be 'sum' or 'mean', not {self.latent_logp!r}")
+        if self.latent_weight < 0:
+            raise ValueError(f"latent_weight must be >= 0, got {self.latent_weight}")
 
     @property
     def rollouts(self) -> int:
@@ -100,13 +121,14 @@ class Trajectories:
         return answer_ids(self.answer, self.masks["answer"], eos_id)
 
 
-def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed over the last dimension, in float32 (also under bf16 autocast)."""
+def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed (or averaged: `reduce="mean"`) over the last dimension, in float32 (also under bf16 autocast)."""
     z, mu, logvar = z.float(), mu.float(), logvar.float()
-    return -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+    per_dim = -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
+    return per_dim.mean(-1) if reduce == "mean" else per_dim.sum(-1)
 
 
-def _slot_logps(model: LatentReasoner, run: dict, state: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
+def _slot_logps(model: LatentReasoner, run: dict, state: torch.Tensor, latent_logp: str = "sum") -> tuple[dict, dict, torch.Tensor]:
     """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels."""
     lat = run["latents"]
     z, mu, logvar = (torch.stack(lat[k], 1) for k in ("z", "mu", "logvar"))
@@ -120,7 +142,7 @@ def _slot_logps(model: LatentReasoner, run: dict, state: torch.Tensor) -> tuple[
     cols = torch.arange(N, device=state.device)[None]
     stop_labels = (cols == first_masked[:, None]).long()
     reached = cols <= first_masked[:, None]
-    logps = {"latent": gaussian_logp(z, mu, logvar)}
+    logps = {"latent": gaussian_logp(z, mu, logvar, latent_logp)}
     masks = {"latent": reached & (cols < N)}
     if model.cfg.spec.stop:
         stop_logits = torch.stack(lat["stop_logits"], 1).float()
@@ -141,7 +163,7 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     stop_rule = "sample" if model.cfg.spec.stop else None
     run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule)
     state = run["state"][:, : len(run["latents"]["z"])]
-    logps, masks, stop_labels = _slot_logps(model, run, state)
+    logps, masks, stop_labels = _slot_logps(model, run, state, cfg.latent_logp)
     answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
     masks["answer"] = answer_mask
     logps["answer"] = answer_logp * answer_mask
@@ -157,12 +179,15 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     )
 
 
-def replay(model: LatentReasoner, traj: Trajectories, temperature: float) -> dict[str, torch.Tensor]:
-    """Log-probabilities of `traj`'s actions under the model's current weights (with gradient)."""
+def replay(model: LatentReasoner, traj: Trajectories, temperature: float, latent_logp: str = "sum") -> dict[str, torch.Tensor]:
+    """Log-probabilities of `traj`'s actions under the model's current weights (with gradient).
+
+    `temperature` and `latent_logp` must be the rollout's, so that before an update they equal `traj.old`.
+    """
     device = traj.z.device
     prefix, prefix_mask = model.prefix(traj.prompts)
     run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), traj.state, mode="sample", forced_z=traj.z)
-    logps, _, _ = _slot_logps(model, run, traj.state)
+    logps, _, _ = _slot_logps(model, run, traj.state, latent_logp)
     R = len(traj.prompts)
     eot = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
     suffix = torch.cat([eot, traj.answer], dim=1)
@@ -183,19 +208,32 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((groups - mean) / (std + 1e-8)).view(-1)
 
 
-def ppo_clip_loss(
-    new: dict, old: dict, masks: dict, advantages: torch.Tensor, cfg: RLConfig, ref: dict | None = None, actions: float | None = None
-) -> tuple[torch.Tensor, dict]:
-    """PPO-clip over every action (latents, stop decisions, answer tokens), a masked mean; optional k3 KL to `ref`.
+LATENT_ACTIONS = ("latent", "stop")  # the paper's "latent" term: the Gaussian latents with the stop decisions
 
-    `actions`: the normaliser, by default the actions counted in `masks`. With N processes it is the
-    action count of the whole (global) minibatch, so that each process's loss, clip fraction and KL are its
-    share of the global values, and summing them over processes gives what one process would compute.
+
+def ppo_clip_loss(
+    new: dict, old: dict, masks: dict, advantages: torch.Tensor, cfg: RLConfig, ref: dict | None = None, actions: float | None = None,
+    rows: float | None = None,
+) -> tuple[torch.Tensor, dict, dict]:
+    """PPO-clip over every action (latents, stop decisions, answer tokens); optional k3 KL to `ref`.
+
+    `cfg.loss == "sequence"` (the paper): per trajectory, the masked mean of its latent and stop actions
+    (latents weighted by `cfg.latent_weight`) plus the masked mean of its answer tokens, summed over the
+    trajectories and divided by `rows` (default: this minibatch's). `"action"`: the weighted sum over every
+    action divided by `actions` (default: the actions counted in `masks`). With N processes `rows` /
+    `actions` are the global minibatch's, so that each process's loss, clip fraction and KL are its share
+    of the global values and summing them over processes gives what one process would compute.
+
+    Returns (loss, stats, parts): `parts[key]` is action type `key`'s share of the loss (they sum to it),
+    for the per-type gradient diagnostics.
     """
-    losses, counts, clipped, kls = [], 0, 0.0, []
+    R = advantages.shape[0]
+    weight = {"latent": cfg.latent_weight}
+    per_key, counts, clipped, kls, worst = {}, {}, 0.0, [], 0.0
     for key, new_logp in new.items():
         m = masks[key].float()
-        log_ratio = (new_logp - old[key]).clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)
+        raw = new_logp - old[key]
+        log_ratio = raw.clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)
         ratio = torch.exp(log_ratio)
         adv = advantages[:, None].expand_as(ratio)
         unclipped = ratio * adv
@@ -206,16 +244,83 @@ def ppo_clip_loss(
             kl = torch.exp(delta) - delta - 1
             per_action = per_action + cfg.kl_coef * kl
             kls.append((kl * m).sum())
-        losses.append((per_action * m).sum())
-        counts += m.sum()
+        per_key[key] = (weight.get(key, 1.0) * per_action * m).sum(-1)  # (R,) weighted sum of this row's actions
+        counts[key] = m.sum(-1)
         is_clipped = ((ratio < 1 - cfg.clip_eps) & (adv < 0)) | ((ratio > 1 + cfg.clip_eps) & (adv > 0))
         clipped += float((is_clipped.float() * m).sum())
-    total = torch.clamp(torch.as_tensor(counts if actions is None else actions, dtype=torch.float32), min=1.0)
-    loss = torch.stack(losses).sum() / total
-    stats = {"clip_fraction": clipped / float(total), "actions": float(total)}
+        if bool(m.any()):
+            worst = max(worst, float((raw.detach().abs() * m).max()))
+    n_actions = sum(float(c.sum()) for c in counts.values())
+    total_actions = max(float(actions if actions is not None else n_actions), 1.0)
+    if cfg.loss == "sequence":
+        denominator = max(float(rows if rows is not None else R), 1.0)
+        parts = {}
+        for group in (LATENT_ACTIONS, ("answer",)):
+            keys = [k for k in group if k in per_key]
+            if not keys:
+                continue
+            size = torch.clamp(sum(counts[k] for k in keys), min=1.0)  # actions of this term in each row
+            for k in keys:
+                parts[k] = (per_key[k] / size).sum() / denominator
+    else:
+        parts = {k: v.sum() / total_actions for k, v in per_key.items()}
+    loss = torch.stack(list(parts.values())).sum()
+    stats = {"clip_fraction": clipped / total_actions, "actions": total_actions, "max_abs_log_ratio": worst}
     if kls:
-        stats["kl"] = float(torch.stack(kls).sum().detach() / total)
-    return loss, stats
+        stats["kl"] = float(torch.stack(kls).sum().detach() / total_actions)
+    return loss, stats, parts
+
+
+def _flat(grads: list[torch.Tensor | None], params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)])
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    denominator = float(a.norm() * b.norm())
+    return float(a @ b) / denominator if denominator > 0 else 0.0
+
+
+def gradient_diagnostics(model, trainable: list, traj: "Trajectories", advantages: torch.Tensor, cfg: RLConfig, autocast=None) -> dict[str, float]:
+    """How much signal a step's policy gradient carries, measured before its first update (ratio 1).
+
+    The step's groups are split into two halves (different questions, independent rollouts); for each half
+    the gradient of every action type's share of the loss is taken. Returns, per action type and for the
+    whole loss, the norm of the step's gradient (the mean of the halves') and the cosine between the two
+    halves' gradients: near 0, the update is noise at this many trajectories; near 1, a real direction.
+    Changes no weights and leaves no gradients behind. Empty when the step has fewer than two groups.
+    """
+    import contextlib
+
+    from atp.modeling import checkpoint_in_eval
+
+    autocast = autocast or contextlib.nullcontext()
+    R, G = len(traj.prompts), cfg.group_size
+    groups = R // G
+    if groups < 2:
+        return {}
+    cut = (groups // 2) * G
+    halves = [list(range(cut)), list(range(cut, R))]
+    grads: list[dict[str, torch.Tensor]] = []
+    for index in halves:
+        part = traj.rows(index)
+        with autocast, checkpoint_in_eval(model):
+            new = replay(model, part, cfg.temperature, cfg.latent_logp)
+        _, _, parts = ppo_clip_loss(new, part.old, part.masks, advantages[torch.tensor(index, device=advantages.device)], cfg)
+        keys = list(parts)
+        half = {}
+        for i, key in enumerate(keys):
+            g = torch.autograd.grad(parts[key], trainable, retain_graph=i < len(keys) - 1, allow_unused=True)
+            half[key] = _flat(list(g), trainable)
+        grads.append(half)
+    out = {}
+    for key in grads[0]:
+        a, b = grads[0][key], grads[1].get(key, torch.zeros_like(grads[0][key]))
+        out[f"rl/grad_norm/{key}"] = float(((a + b) / 2).norm())
+        out[f"rl/grad_cosine/{key}"] = _cosine(a, b)
+    a, b = sum(grads[0].values()), sum(grads[1].values())
+    out["rl/grad_norm/all"] = float(((a + b) / 2).norm())
+    out["rl/grad_cosine/all"] = _cosine(a, b)
+    return out
 
 
 # ---------------------------------------------------------------- N processes
@@ -285,7 +390,7 @@ def ppo_update(
     device = traj.z.device
     per_rank = cfg.minibatch_size // world_size
     R = len(traj.prompts)
-    stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "grad_norm": [], "kl": []}
+    stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "grad_norm": [], "kl": [], "first_clip_fraction": [], "first_max_abs_log_ratio": []}
     for _ in range(cfg.epochs):
         order = torch.randperm(R, generator=generator, device=generator.device).tolist()
         for start in range(0, R, per_rank):
@@ -293,9 +398,14 @@ def ppo_update(
             part = traj.rows(index)
             (actions,) = all_reduce_sum([sum(float(m.sum()) for m in part.masks.values())], world_size, device)
             with autocast, checkpoint_in_eval(model):  # checkpointed layers recompute in eval mode too (train.gradient_checkpointing)
-                new = replay(model, part, cfg.temperature)
+                new = replay(model, part, cfg.temperature, cfg.latent_logp)
             ref_part = {k: v[torch.tensor(index, device=v.device)] for k, v in ref_logps.items()} if ref_logps else None
-            loss, info = ppo_clip_loss(new, part.old, part.masks, advantages[torch.tensor(index, device=advantages.device)], cfg, ref_part, actions=actions)
+            adv_part = advantages[torch.tensor(index, device=advantages.device)]
+            loss, info, _ = ppo_clip_loss(new, part.old, part.masks, adv_part, cfg, ref_part, actions=actions, rows=cfg.minibatch_size)
+            if not stats["first_clip_fraction"]:  # before any update rollout and replay must agree: ratio 1, nothing clipped
+                first_clip, first_ratio = all_reduce_sum([info["clip_fraction"], info["max_abs_log_ratio"]], world_size, device)
+                stats["first_clip_fraction"].append(first_clip)
+                stats["first_max_abs_log_ratio"].append(first_ratio / world_size)
             loss.backward()
             sync_gradients(trainable, world_size)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip if grad_clip > 0 else float("inf")).item()

@@ -7,8 +7,10 @@ Each grid line: {"name", "train": {...}, "rl": {...}}, overrides merged over the
 method of config/config.yaml. Every point runs the pipeline's own RL stage
 (`python -m atp.stages.rl`, one thread, no MLflow) and is scored on the
 validation split only. A results line holds the point, its validation accuracy
-(mu and sampled latents), tokens and the mean rollout reward and accuracy of its
-first and last 25 RL steps.
+(mu and sampled latents), tokens, the mean rollout reward and accuracy of its
+first and last 25 RL steps, its gradient diagnostics, and (when the grid holds a
+point with `"rl": {"frozen": true}` on the same schedule) its reward over the last
+quarter against that frozen policy, step by step, with a standard error.
 """
 
 from __future__ import annotations
@@ -45,7 +47,32 @@ def summary(run: Path) -> dict:
     out = {k: metrics[k] for k in ("val/accuracy", "val/accuracy_sample", "val/tokens", "val/fidelity") if k in metrics}
     for part, rs in (("first25", rows[:25]), ("last25", rows[-25:])):
         out.update({f"{part}/{k}": window(rs, k) for k in ("rewards/total/mean", "rewards/coherence/mean", "rl/accuracy", "rl/latents")})
+    quarter = rows[int(len(rows) * 0.75) :]
+    out["last_quarter/rewards/total/mean"] = window(quarter, "rewards/total/mean")
+    # Gradient diagnostics (every rl.diagnostics_every steps) and the first minibatch's clip fraction, averaged over the run.
+    keys = sorted({k for r in rows for k in r if k.startswith(("rl/grad_norm/", "rl/grad_cosine/", "rl/first_"))})
+    out.update({f"mean/{k}": window([r for r in rows if k in r], k) for k in keys})
     return out
+
+
+def against_frozen(results: list[dict], root: Path) -> None:
+    """Each point's total reward against a frozen point of the same schedule, step by step over the last quarter."""
+    from atp.stages.report import against_frozen as paired
+
+    frozen = {json.dumps(schedule(r), sort_keys=True): r["name"] for r in results if r.get("rl", {}).get("frozen") and r.get("returncode") == 0}
+    for r in results:
+        control = frozen.get(json.dumps(schedule(r), sort_keys=True))
+        if r.get("rl", {}).get("frozen") or control is None or r.get("returncode") != 0:
+            continue
+        history = lambda name: [json.loads(line) for line in (root / name / "history.jsonl").read_text().splitlines()]  # noqa: E731
+        (row,) = paired({f"{r['name']} (seed 0)": history(r["name"])}, {f"{control} (seed 0)": history(control)}) or [None]
+        if row:
+            r.update({"vs_frozen/control": control, "vs_frozen/difference": round(row["difference"], 4), "vs_frozen/standard_error": round(row["standard_error"], 4)})
+
+
+def schedule(point: dict) -> dict:
+    """What fixes the question schedule of an RL run: seed, steps and questions per step."""
+    return {"seed": point.get("seed", 0), "steps": point.get("train", {}).get("steps"), "questions": point.get("rl", {}).get("questions")}
 
 
 def main() -> None:
@@ -60,7 +87,7 @@ def main() -> None:
     args = p.parse_args()
     points = [json.loads(line) for line in Path(args.grid).read_text().splitlines() if line.strip() and not line.startswith("#")]
     root = Path(args.root)
-    pending, running = list(points), {}
+    pending, running, results = list(points), {}, []
     while pending or running:
         while pending and len(running) < args.lanes:
             point = pending.pop(0)
@@ -79,9 +106,12 @@ def main() -> None:
             line = {**point, "seconds": round(time.time() - started, 1), "returncode": proc.returncode}
             if proc.returncode == 0:
                 line.update(summary(root / name))
-            with open(args.out, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(line, sort_keys=True) + "\n")
+            results.append(line)
             print(json.dumps(line, sort_keys=True), flush=True)
+    against_frozen(results, root)  # once every point (and its frozen control) has finished
+    with open(args.out, "a", encoding="utf-8") as handle:
+        for line in results:
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def tiny_data():
     from atp.stages.prepare_data import build_splits, make_tokenizer
 
     cfg = tiny_config()
-    splits, _ = build_splits(cfg)
+    splits, _, _ = build_splits(cfg)
     return cfg, splits, make_tokenizer(cfg, splits["train"])
 
 

@@ -141,7 +141,7 @@ def test_rl_replay_loss_and_gradients_are_unchanged(tiny_data):
         with modeling.checkpoint_in_eval(model):
             assert model.recomputes() == (model is ckpt)
             new = replay(model, traj, cfg.temperature)
-        loss, _ = ppo_clip_loss(new, traj.old, traj.masks, advantages, cfg)
+        loss, _, _ = ppo_clip_loss(new, traj.old, traj.masks, advantages, cfg)
         loss.backward()
         losses.append(loss.item())
         calls.append(counter[0])

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
-from atp.stages.report import best_rl_run, moving_average, plot_accuracy_vs_tokens, plot_rl_curves
+from atp.stages.report import against_frozen, against_frozen_markdown, best_rl_run, moving_average, plot_accuracy_vs_tokens, plot_rl_curves
 
 
 def test_moving_average_is_a_trailing_mean():
@@ -28,7 +29,7 @@ def test_the_figures_are_written(tmp_path):
     frame = pd.DataFrame([{"label": "A", "avg_acc": 50.0, "avg_acc_std": 1.0, "avg_tokens": 9.0}, {"label": "B", "avg_acc": 80.0, "avg_acc_std": 0.0, "avg_tokens": 26.0}])
     plot_accuracy_vs_tokens(frame, tmp_path / "a.png")
     history = [{"step": s, "rewards/total/mean": s / 10, "rewards/coherence/mean": 0.2, "rl/accuracy": 0.5} for s in range(1, 6)]
-    plot_rl_curves({"atp_rl": history}, tmp_path / "b.png")
+    plot_rl_curves({"atp_rl": history}, tmp_path / "b.png", controls={"atp_rl_frozen (seed 0)": history})
     plot_rl_curves({}, tmp_path / "c.png")
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("a.png", "b.png", "c.png"))
 
@@ -44,3 +45,15 @@ def test_a_resumed_run_rewrites_its_history_from_the_step_it_restarts_at(tmp_pat
         resumed(step, {"train/loss": step + 0.5})
     lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert lines == [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 2.5}, {"step": 3, "train/loss": 3.5}]
+
+
+def test_rl_runs_are_read_against_the_frozen_control_of_their_seed_step_by_step():
+    """Hand-built: 8 steps; over the last quarter (steps 7, 8) the run beats its control by 0.1 and 0.3."""
+    control = [{"step": t, "rewards/total/mean": 1.0 + (t % 2) * 0.5} for t in range(1, 9)]  # the question mix
+    run = [{"step": t, "rewards/total/mean": r["rewards/total/mean"] + (0.1 if t == 7 else 0.3 if t == 8 else 0.0)} for t, r in zip(range(1, 9), control)]
+    rows = against_frozen({"atp_rl (seed 0)": run, "atp_rl (seed 1)": run}, {"atp_rl_frozen (seed 0)": control})
+    assert len(rows) == 1 and rows[0]["control"] == "atp_rl_frozen (seed 0)" and rows[0]["steps"] == "7-8"
+    assert rows[0]["difference"] == pytest.approx(0.2) and rows[0]["standard_error"] == pytest.approx(0.1)
+    assert rows[0]["z"] == pytest.approx(2.0)
+    assert "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 7-8 |" in against_frozen_markdown(rows)
+    assert "no RL run" in against_frozen_markdown([])

@@ -33,7 +33,7 @@ def test_advantages_of_a_hand_built_group():
     # ... and that group contributes no gradient to the PPO loss.
     new = {"answer": torch.randn(4, 3, requires_grad=True)}
     cfg = RLConfig(questions=1, group_size=4, minibatch_size=4)
-    loss, _ = ppo_clip_loss(new, {"answer": torch.zeros(4, 3)}, {"answer": torch.ones(4, 3, dtype=torch.bool)}, adv[4:], cfg)
+    loss, _, _ = ppo_clip_loss(new, {"answer": torch.zeros(4, 3)}, {"answer": torch.ones(4, 3, dtype=torch.bool)}, adv[4:], cfg)
     loss.backward()
     assert torch.equal(new["answer"].grad, torch.zeros(4, 3))
 
@@ -62,18 +62,84 @@ def test_replay_gives_the_rollout_log_probabilities_before_any_update(tiny_data,
         assert torch.equal(traj.masks["stop"].sum(-1), used // 2 + traj.stop_labels.sum(-1))
 
 
-def test_ppo_clip_loss_at_ratio_one_is_minus_the_mean_advantage_and_clips_large_ratios():
-    cfg = RLConfig(questions=1, group_size=2, minibatch_size=2)
+def test_ppo_clip_loss_pooled_over_actions_at_ratio_one_is_minus_the_mean_advantage_and_clips_large_ratios():
+    cfg = RLConfig(questions=1, group_size=2, minibatch_size=2, loss="action")
     old = {"answer": torch.zeros(2, 3)}
     masks = {"answer": torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)}
     adv = torch.tensor([1.0, -1.0])
-    loss, stats = ppo_clip_loss({"answer": torch.zeros(2, 3)}, old, masks, adv, cfg)
+    loss, stats, _ = ppo_clip_loss({"answer": torch.zeros(2, 3)}, old, masks, adv, cfg)
     assert loss.item() == pytest.approx(-(1 + 1 - 1) / 3)
-    assert stats["clip_fraction"] == 0.0
+    assert stats["clip_fraction"] == 0.0 and stats["max_abs_log_ratio"] == 0.0
     # log-ratio 10 is clamped to 3; the positive-advantage row is clipped at 1 + eps
-    loss, stats = ppo_clip_loss({"answer": torch.full((2, 3), 10.0)}, old, masks, adv, cfg)
+    loss, stats, _ = ppo_clip_loss({"answer": torch.full((2, 3), 10.0)}, old, masks, adv, cfg)
     assert loss.item() == pytest.approx(-(1.2 * 2 - torch.exp(torch.tensor(3.0)).item()) / 3, rel=1e-5)
-    assert stats["clip_fraction"] == pytest.approx(2 / 3)
+    assert stats["clip_fraction"] == pytest.approx(2 / 3) and stats["max_abs_log_ratio"] == 10.0
+
+
+def test_the_papers_loss_shape_takes_per_trajectory_means_of_the_latent_and_answer_terms_and_sums_them():
+    """Hand-built: row 0 has 2 latents, 1 stop decision and 3 answer tokens; row 1 has 1 latent, 1 stop, 1 token.
+
+    At ratio 1 every action's objective is -advantage, so both of a row's means are -adv and the loss is the
+    mean over rows of -2 adv = -(2 * 1 + 2 * (-0.5)) / 2 = -0.5. Pooled over the 9 actions it is -0.5 too
+    (-(6 - 1.5) / 9); a latent weight tells the two shapes apart.
+    """
+    masks = {
+        "latent": torch.tensor([[1, 1], [1, 0]], dtype=torch.bool),
+        "stop": torch.tensor([[1, 0], [1, 0]], dtype=torch.bool),
+        "answer": torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool),
+    }
+    zeros = {k: torch.zeros(m.shape) for k, m in masks.items()}
+    adv = torch.tensor([1.0, -0.5])
+    cfg = RLConfig(questions=1, group_size=2, minibatch_size=2)
+    loss, _, parts = ppo_clip_loss(zeros, zeros, masks, adv, cfg)
+    assert loss.item() == pytest.approx(-0.5)
+    assert sum(parts.values()).item() == pytest.approx(loss.item())
+    # latent weight 0.5: row 0's latent term is (2 * 0.5 * -1 + 1 * -1) / 3 = -2/3, row 1's (0.5 * 0.5 + 0.5) / 2 = 0.375
+    weighted, _, parts = ppo_clip_loss(zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5))
+    assert weighted.item() == pytest.approx((-2 / 3 - 1 + 0.375 + 0.5) / 2)
+    assert parts["latent"].item() == pytest.approx((2 * 0.5 * -1 / 3 + 0.5 * 0.5 / 2) / 2)
+    # pooled over actions with the same weight: (2*0.5*-1 + -1 + 3*-1 + 0.5*0.5 + 0.5 + 0.5) / 9
+    pooled, _, _ = ppo_clip_loss(zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5, loss="action"))
+    assert pooled.item() == pytest.approx((-1 - 1 - 3 + 0.25 + 0.5 + 0.5) / 9)
+    # with N processes the normaliser is the global minibatch: this process's two rows of four
+    half, _, _ = ppo_clip_loss(zeros, zeros, masks, adv, cfg, rows=4)
+    assert half.item() == pytest.approx(loss.item() / 2)
+
+
+def test_a_latents_log_density_can_be_averaged_over_dimensions():
+    from atp.rl import gaussian_logp
+
+    z, mu, logvar = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    assert torch.allclose(gaussian_logp(z, mu, logvar, "mean") * 5, gaussian_logp(z, mu, logvar, "sum"), atol=1e-5)
+    with pytest.raises(ValueError, match="latent_logp"):
+        RLConfig(latent_logp="max")
+    with pytest.raises(ValueError, match="loss"):
+        RLConfig(loss="token")
+
+
+@pytest.mark.parametrize("latent_logp", ["sum", "mean"])
+def test_gradient_diagnostics_measure_each_action_type_and_change_nothing(tiny_data, latent_logp):
+    from atp.rl import gradient_diagnostics
+
+    model, prompts, _ = policy(tiny_data)
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6, latent_logp=latent_logp)
+    traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(1))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
+    advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0] * 2), 4)
+    out = gradient_diagnostics(model, trainable, traj, advantages, cfg)
+    assert set(out) == {f"rl/grad_{m}/{k}" for m in ("norm", "cosine") for k in ("latent", "stop", "answer", "all")}
+    assert all(-1.0 - 1e-6 <= out[f"rl/grad_cosine/{k}"] <= 1.0 + 1e-6 for k in ("latent", "stop", "answer", "all"))
+    assert out["rl/grad_norm/latent"] > 0 and out["rl/grad_norm/answer"] > 0
+    assert all(torch.equal(p, b) and p.grad is None for p, b in zip(trainable, before))
+    # a summed log-density over d dimensions weighs more than its mean: the diagnostics see it
+    if latent_logp == "sum":
+        mean_cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6, latent_logp="mean")
+        mean_traj = rollout(model, prompts, mean_cfg, torch.Generator().manual_seed(1))
+        mean_out = gradient_diagnostics(model, trainable, mean_traj, advantages, mean_cfg)
+        assert out["rl/grad_norm/latent"] > 5 * mean_out["rl/grad_norm/latent"]
+    # one group has no second half to compare with
+    assert gradient_diagnostics(model, trainable, traj.rows(list(range(4))), advantages[:4], cfg) == {}
 
 
 def test_a_grpo_update_changes_the_policy_and_leaves_the_decoder_frozen(tiny_data):
@@ -87,7 +153,7 @@ def test_a_grpo_update_changes_the_policy_and_leaves_the_decoder_frozen(tiny_dat
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0] * 4), 4)
-    loss, _ = ppo_clip_loss(replay(model, traj, cfg.temperature), traj.old, traj.masks, advantages, cfg)
+    loss, _, _ = ppo_clip_loss(replay(model, traj, cfg.temperature), traj.old, traj.masks, advantages, cfg)
     assert torch.isfinite(loss)
     loss.backward()
     optimizer.step()
@@ -119,6 +185,25 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
     for key in ("rewards/total/mean", "rewards/coherence/mean", "rewards/total/group_std", "rl/accuracy", "rl/latents", "rl/clip_fraction", "rl/loss", "rl/kl"):
         assert key in metrics and metrics[key] == metrics[key], key
     assert metrics["rewards/total/group_std"] > 0
+    # Before the first update the replay reproduces the rollout: nothing is clipped on the first minibatch.
+    assert metrics["rl/first_clip_fraction"] == 0.0 and metrics["rl/first_max_abs_log_ratio"] < 1e-3
+
+
+def test_a_frozen_rl_step_rolls_out_and_scores_but_changes_no_weight(tiny_data):
+    """The frozen-policy control: the same rollouts and rewards as a training step, no update."""
+    from atp.stages.rl import freeze_decoder, grpo_step
+
+    model, prompts, tok = policy(tiny_data)
+    freeze_decoder(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=8, max_answer_tokens=6, frozen=True)
+    rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)
+    metrics, trajectories = grpo_step(model, optimizer, trainable, prompts, ["1"] * 16, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, diagnose=True)
+    assert len(trajectories) == 16 and "rewards/total/mean" in metrics and "rl/loss" not in metrics
+    assert "rl/grad_cosine/all" in metrics  # the diagnostics still measure the gradient it would have followed
+    assert all(torch.equal(p, b) for p, b in zip(trainable, before))
 
 
 def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, tmp_path, monkeypatch):

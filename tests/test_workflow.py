@@ -60,7 +60,7 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
     stages = sorted(run.data.tags["stage"] for run in children)
-    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + ["report", "rl", "sft_cot", "sft_nocot", "table"]
+    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + ["report", "rl", "rl", "sft_cot", "sft_nocot", "table"]  # rl: atp_rl and its frozen control
     card = json.loads((pipeline / "results" / "test" / "data" / "card.json").read_text())
     digests = {f"data_digest.{c['split']}": c["sha256"][:16] for c in card["splits"]}
     # Provenance on every run: the code (commit, dirty flag), the job's config (hash) and the data (digests).
@@ -123,10 +123,10 @@ def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
 def test_changing_a_latent_setting_reruns_only_the_latent_stages_their_evaluations_and_table(pipeline):
     result = snakemake(pipeline, "-n", extra_config="latent: {beta: 0.01}\n")
     counts = job_counts(result.stdout)
-    # pause, atp, and atp_rl, which starts from atp
-    assert counts.get("train") == 3 and counts.get("evaluate") == 3 and counts.get("table") == 1
+    # pause, atp, and atp_rl and its frozen control, which start from atp (the control is not evaluated: no table row)
+    assert counts.get("train") == 4 and counts.get("evaluate") == 3 and counts.get("table") == 1
     assert "prepare_data" not in counts
-    for method in ("pause", "atp", "atp_rl"):
+    for method in ("pause", "atp", "atp_rl", "atp_rl_frozen"):
         assert f"method={method}, seed=0" in result.stdout
     for method in ("cot_sft", "nocot_sft"):
         assert f"wildcards: exp=test, method={method}," not in result.stdout
@@ -144,6 +144,12 @@ def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the
     assert len(trajectories) == 4 and {"question", "latent_steps", "completion", "reward_total", "advantage"} <= set(trajectories[0])
     for png in ("accuracy_vs_tokens.png", "rl_curves.png"):
         assert (exp / "report" / png).read_bytes()[:4] == b"\x89PNG"
+    # The frozen-policy control ran the same schedule without updating, and the report reads the RL run against it.
+    frozen = [json.loads(line) for line in (exp / "train" / "atp_rl_frozen" / "seed0" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in frozen] == [1, 2, 3] and "rl/loss" not in frozen[0] and "rewards/total/mean" in frozen[0]
+    assert "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |" in (exp / "report" / "rl_vs_frozen.md").read_text()
+    assert "rl/first_clip_fraction" in history[0] and history[0]["rl/first_clip_fraction"] == 0.0  # rollout and replay agree
+    assert "rl/grad_cosine/all" in history[0]  # diagnostics at step 0 (rl.diagnostics_every)
     registry = json.loads((exp / "report" / "registry.json").read_text())
     assert registry["registered"] and registry["method"] == "atp_rl" and registry["alias"] == "best"
     parent = json.loads((exp / "tracking" / "parent_run.json").read_text())
@@ -170,4 +176,4 @@ def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline
 
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
-    assert counts.get("train") == 1 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1
+    assert counts.get("train") == 2 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1  # atp_rl, its frozen control

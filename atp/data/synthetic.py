@@ -309,6 +309,11 @@ def make_problem(rng: random.Random, spec: SuiteSpec) -> tuple[str, Node]:
         return _render(rng, root, spec), root
 
 
+def twin_name(suite: str) -> str:
+    """The name of a suite's validation twin (its own random stream, so another draw of the same settings)."""
+    return f"{suite}-twin"
+
+
 def generate_split(name: str, spec: SuiteSpec, seed: int, exclude: set[str] | None = None) -> list[dict]:
     """`spec.n` records of one split; questions whose normalised text is in `exclude` are redrawn.
 

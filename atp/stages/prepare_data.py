@@ -2,7 +2,9 @@
 
     python -m atp.stages.prepare_data --config job.yaml --out-dir results/<exp>/data
 
-Writes <out-dir>/<split>.jsonl for train, val and each suite, <out-dir>/tokenizer/,
+Writes <out-dir>/<split>.jsonl for train, val and each suite, <out-dir>/twins/<suite>.jsonl
+(the validation twin of each synthetic suite: its settings drawn again from another random
+stream, for tuning suite difficulty without looking at the suite), <out-dir>/tokenizer/,
 and card.json / card.md. Nothing is written until every split has been read and
 checked, so a bad record leaves no partial output.
 """
@@ -23,20 +25,29 @@ from atp.tracking import Tracker, data_tags
 log = logging.getLogger("atp.prepare_data")
 
 
-def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int]]:
-    """All splits as contract records, in a fixed order; (records by split, skipped bad records by split)."""
+def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int], dict[str, list[dict]]]:
+    """All splits as contract records, in a fixed order, and the validation twins of the synthetic suites.
+
+    Returns (records by split, skipped bad records by split, twin records by suite). A twin is the same
+    suite settings drawn from another random stream, kept apart from train, val and its suite: suite
+    difficulty is tuned on the twins, and the suites themselves are looked at once, at the end.
+    """
     from atp.data.sources import load_source
-    from atp.data.synthetic import SuiteSpec, generate_split
+    from atp.data.synthetic import SuiteSpec, generate_split, twin_name
 
     data = config["data"]
     splits: dict[str, list[dict]] = {}
     skipped: dict[str, int] = {}
+    twins: dict[str, list[dict]] = {}
     seen: set[str] = set()  # normalised questions of train (and val): kept out of later splits
     for name, spec in split_specs(config).items():
         source = split_source(spec)
         if isinstance(source, SuiteSpec):
             records = generate_split(name, source, data["seed"], exclude=seen)
             skipped[name] = 0
+            if name not in ("train", "val"):
+                own = seen | {normalise_question(r["question"]) for r in records}
+                twins[name] = generate_split(twin_name(name), source, data["seed"], exclude=own)
         else:
             records, skipped[name] = load_source(source, name, skip_bad=data["skip_bad_records"])
             if name != "train":
@@ -47,7 +58,7 @@ def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int]]:
         if name in ("train", "val"):
             seen.update(normalise_question(r["question"]) for r in records)
         splits[name] = records
-    return splits, skipped
+    return splits, skipped, twins
 
 
 def make_tokenizer(config: dict, train: list[dict]):
@@ -110,7 +121,7 @@ def card_markdown(cards: list[dict]) -> str:
 
 def main(args, config: dict) -> None:
     out_dir = Path(args.out_dir)
-    splits, skipped = build_splits(config)
+    splits, skipped, twins = build_splits(config)
     empty = [name for name, records in splits.items() if not records]
     if empty:
         raise DataError(f"data.{empty[0]}", "the split is empty")
@@ -120,6 +131,11 @@ def main(args, config: dict) -> None:
         path = out_dir / f"{name}.jsonl"
         write_jsonl(path, records)
         cards.append({**data_card(name, records, tokenizer, skipped[name]), "sha256": file_digest(path), "path": str(path)})
+    (out_dir / "twins").mkdir(parents=True, exist_ok=True)
+    for name, records in twins.items():
+        path = out_dir / "twins" / f"{name}.jsonl"
+        write_jsonl(path, records)
+        cards.append({**data_card(f"twins/{name}", records, tokenizer, 0), "sha256": file_digest(path), "path": str(path)})
     tokenizer.save_pretrained(out_dir / "tokenizer")
     write_json(out_dir / "card.json", {"splits": cards, "vocab_size": len(tokenizer)})
     (out_dir / "card.md").write_text(card_markdown(cards), encoding="utf-8")

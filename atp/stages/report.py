@@ -5,8 +5,10 @@
 
 Writes accuracy_vs_tokens.png (average accuracy against average #tokens, one point
 per method, the paper's efficiency picture), rl_curves.png (total reward,
-coherence reward and rollout accuracy per RL step, for each RL run) and
-registry.json. The RL policy with the best *validation* accuracy (never a test
+coherence reward and rollout accuracy per RL step, for each RL run, with the
+frozen-policy controls dashed), rl_vs_frozen.md (each RL run's reward over its last
+quarter against the frozen control of its seed, step by step, with a standard
+error) and registry.json. The RL policy with the best *validation* accuracy (never a test
 suite) is registered in the MLflow model registry under
 `<mlflow experiment>-<experiment>-rl-policy` with the alias `best`.
 """
@@ -67,25 +69,30 @@ def plot_accuracy_vs_tokens(frame, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10) -> None:
+def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10, controls: dict[str, list[dict]] | None = None) -> None:
+    """Reward, coherence and rollout accuracy per RL step; the frozen-policy `controls` dashed in grey tones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    controls = controls or {}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = [(name, rows, colors[i % len(colors)], "-") for i, (name, rows) in enumerate(histories.items())]
+    styles += [(name, rows, str(0.2 + 0.2 * (i % 3)), "--") for i, (name, rows) in enumerate(controls.items())]
     fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3.8), dpi=120)
     for ax, (key, title) in zip(axes, CURVES):
-        for (name, rows), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        for name, rows, color, style in styles:
             steps = [r["step"] for r in rows if key in r]
             values = [r[key] for r in rows if key in r]
             if not steps:
                 continue
-            ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8)
-            ax.plot(steps, moving_average(values, window), color=color, label=name)
+            ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8, linestyle=style)
+            ax.plot(steps, moving_average(values, window), color=color, label=name, linestyle=style)
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)
-    if histories:
+    if histories or controls:
         axes[0].legend(fontsize=8)
     else:
         axes[0].text(0.5, 0.5, "no RL methods in this run", ha="center", transform=axes[0].transAxes)
@@ -93,6 +100,57 @@ def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def against_frozen(runs: dict[str, list[dict]], controls: dict[str, list[dict]], key: str = "rewards/total/mean", share: float = 0.25) -> list[dict]:
+    """Each RL run's reward against its frozen-policy control over the last `share` of its steps.
+
+    Runs and controls are keyed by (method, seed) labels; a run is paired with the control of its seed, which
+    drew the same questions at every step. The difference is taken step by step (the question mix cancels)
+    and its standard error is the per-step differences' standard deviation over sqrt(steps).
+    """
+    import math
+    import statistics
+
+    out = []
+    for name, rows in runs.items():
+        seed = name.rsplit("(seed ", 1)[-1]
+        for control_name, control in controls.items():
+            if not control_name.endswith(f"(seed {seed}"):
+                continue
+            mine, theirs = ({r["step"]: r[key] for r in h if key in r} for h in (rows, control))
+            steps = sorted(set(mine) & set(theirs))
+            last = steps[min(int(len(steps) * (1 - share)), len(steps) - 2) :]  # at least two steps for a standard error
+            if len(last) < 2:
+                continue
+            diffs = [mine[t] - theirs[t] for t in last]
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            out.append(
+                {"run": name, "control": control_name, "steps": f"{last[0]}-{last[-1]}", "run_reward": statistics.fmean(mine[t] for t in last),
+                 "control_reward": statistics.fmean(theirs[t] for t in last), "difference": statistics.fmean(diffs), "standard_error": se,
+                 "z": statistics.fmean(diffs) / se if se > 0 else 0.0}
+            )
+    return out
+
+
+def against_frozen_markdown(rows: list[dict]) -> str:
+    lines = [
+        "# RL runs against the frozen policy (total reward, last quarter of the RL steps)",
+        "",
+        "Each run is paired with the frozen-policy control of its seed, which rolled out the same questions at every",
+        "step without updating; the difference is taken step by step. Above 2 standard errors: RL raised the reward.",
+        "",
+        "| run | control | steps | run reward | frozen reward | difference | standard error | difference / SE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['control']} | {r['steps']} | {r['run_reward']:.4f} | {r['control_reward']:.4f} | {r['difference']:+.4f} "
+            f"| {r['standard_error']:.4f} | {r['z']:+.2f} |"
+        )
+    if not rows:
+        lines.append("| (no RL run with a frozen control of its seed) | | | | | | | |")
+    return "\n".join(lines) + "\n"
 
 
 def best_rl_run(run_dirs: list[Path]) -> tuple[Path, dict] | None:
@@ -149,20 +207,24 @@ def main(args, config: dict) -> None:
     frame = pd.read_csv(args.table)
     plot_accuracy_vs_tokens(frame, out_dir / "accuracy_vs_tokens.png")
     run_dirs = [Path(d) for d in args.rl_runs]
-    histories = {f"{d.parent.name} (seed {d.name.removeprefix('seed')})": read_history(d / "history.jsonl") for d in run_dirs}
-    plot_rl_curves(histories, out_dir / "rl_curves.png")
+    label = lambda d: f"{d.parent.name} (seed {d.name.removeprefix('seed')})"  # noqa: E731
+    histories = {label(d): read_history(d / "history.jsonl") for d in run_dirs}
+    controls = {label(Path(d)): read_history(Path(d) / "history.jsonl") for d in args.frozen_runs}
+    plot_rl_curves(histories, out_dir / "rl_curves.png", controls=controls)
+    (out_dir / "rl_vs_frozen.md").write_text(against_frozen_markdown(against_frozen(histories, controls)), encoding="utf-8")
     with Tracker(config, "report", args.parent, "report", {"rule": args.rule or "report"}, enabled=not args.no_tracking) as tracker:
         best = best_rl_run(run_dirs)
         entry = register(tracker, config, *best) if best else {"registered": False, "reason": "no RL run with a validation accuracy"}
         write_json(out_dir / "registry.json", {k: v for k, v in entry.items() if k not in ("version", "source")})
-        for png in ("accuracy_vs_tokens.png", "rl_curves.png"):
-            tracker.log_artifact(out_dir / png)
-    log.info("wrote %s", ", ".join(str(out_dir / f) for f in ("accuracy_vs_tokens.png", "rl_curves.png", "registry.json")))
+        for name in ("accuracy_vs_tokens.png", "rl_curves.png", "rl_vs_frozen.md"):
+            tracker.log_artifact(out_dir / name)
+    log.info("wrote %s", ", ".join(str(out_dir / f) for f in ("accuracy_vs_tokens.png", "rl_curves.png", "rl_vs_frozen.md", "registry.json")))
 
 
 if __name__ == "__main__":
     p = cli.parser("Figures of the comparison report and the registry entry of the best RL policy.")
     p.add_argument("--table", required=True, help="table.csv written by atp.stages.table")
     p.add_argument("--rl-runs", nargs="*", default=[], help="folders of the RL runs (train/<method>/seed<k>)")
+    p.add_argument("--frozen-runs", nargs="*", default=[], help="folders of the frozen-policy controls (rl.frozen)")
     p.add_argument("--out-dir", required=True)
     cli.run(main, p)

@@ -100,18 +100,20 @@ def rollout_generator(seed: int, step: int, rank: int, device):
 
 def grpo_step(
     model, optimizer, trainable, prompts, answers, rl_cfg, reward_cfg, tokenizer, generator, grad_clip: float, ref=None,
-    dist=None, bf16: bool = False,
+    dist=None, bf16: bool = False, diagnose: bool = False,
 ) -> tuple[dict, list[dict]]:
     """One RL step: rollouts, rewards, group advantages, one pass of PPO-clip updates. Returns (metrics, trajectories).
 
     `prompts` and `answers` are this process's rows (whole groups). With `dist` of N processes the update
     is synchronised (see atp.rl.ppo_update) and the metrics and trajectories are those of all processes'
     rows, in rank order (every process returns the same). `bf16`: autocast for rollouts and replays.
+    `diagnose`: also measure the gradient per action type and its two-half cosine (atp.rl.gradient_diagnostics,
+    on this process's rows) before the update. With `rl_cfg.frozen` nothing is updated.
     """
     import torch
 
     from atp.rewards import correct, total
-    from atp.rl import group_advantages, ppo_update, replay, rollout
+    from atp.rl import gradient_diagnostics, group_advantages, ppo_update, replay, rollout
 
     world_size, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
     device = next(model.parameters()).device
@@ -129,8 +131,9 @@ def grpo_step(
     ref_logps = None
     if ref is not None and rl_cfg.kl_coef > 0:
         with torch.no_grad(), autocast:
-            ref_logps = {k: v.detach() for k, v in replay(ref, traj, rl_cfg.temperature).items()}
-    stats = ppo_update(model, optimizer, trainable, traj, advantages, rl_cfg, generator, grad_clip, ref_logps, world_size, autocast)
+            ref_logps = {k: v.detach() for k, v in replay(ref, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
+    diagnostics = gradient_diagnostics(model, trainable, traj, advantages, rl_cfg, autocast) if diagnose else {}
+    stats = {} if rl_cfg.frozen else ppo_update(model, optimizer, trainable, traj, advantages, rl_cfg, generator, grad_clip, ref_logps, world_size, autocast)
     R = len(prompts)
     mine = {
         "rewards": rewards,
@@ -162,6 +165,7 @@ def grpo_step(
             "rl/answer_tokens": statistics.fmean(answer_tokens),
             "rl/zero_advantage_groups": float((groups.std(-1) == 0).float().mean()),
             **{f"rl/{k}": statistics.fmean(v) for k, v in stats.items() if v},
+            **diagnostics,
         }
     )
     return metrics, trajectories
@@ -222,6 +226,7 @@ def main(args, config: dict) -> None:
             metrics, trajectories = grpo_step(
                 model, optimizer, trainable, [prompts[i] for i in mine], [records[i]["answer"] for i in mine],
                 rl_cfg, reward_cfg, tokenizer, generator, s.train_cfg.grad_clip, ref, s.dist, s.train_cfg.bf16,
+                diagnose=bool(rl_cfg.diagnostics_every) and step % rl_cfg.diagnostics_every == 0,
             )
             done = step + 1
             metrics["rl/lr"] = optimizer.param_groups[0]["lr"]
@@ -241,8 +246,8 @@ def main(args, config: dict) -> None:
                 loop = {"metrics": metrics, "recent": recent}
                 save_checkpoint(s.ckpt_dir, done, model, optimizer, {**s.meta, "loop": loop}, s.train_cfg.keep_checkpoints, history.files)
         progress.close()
-        keys = [k for k in metrics if not k.endswith("seconds")]
-        final = {f"train/{k.removeprefix('rl/')}": statistics.fmean(m.get(k, 0.0) for m in recent) for k in keys} if recent else {}
+        keys = sorted({k for m in recent for k in m if not k.endswith("seconds")})  # diagnostics come every few steps only
+        final = {f"train/{k.removeprefix('rl/')}": statistics.fmean(m[k] for m in recent if k in m) for k in keys}
         final["train/seconds"] = time.time() - started
         if s.dist.is_main:  # every process holds the same weights; one writes
             if s.train_cfg.val_samples:

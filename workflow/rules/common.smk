@@ -32,8 +32,10 @@ os.environ.update(PATH=_search_path)
 os.environ.setdefault("ATP_ACCELERATE_CONFIGS", os.path.join(workflow.basedir, "accelerate"))
 EXP = config["experiment"]
 ALL_METHODS = list(config["methods"])
-# The table's rows; a disabled method is still trained when an enabled one starts from it.
+# Methods the pipeline trains; a disabled method is still trained when an enabled one starts from it.
 METHODS = [name for name, spec in config["methods"].items() if spec.get("enabled", True)]
+# The table's rows: every method but the frozen-policy controls of RL (their model is their start's).
+TABLE_METHODS = [name for name in METHODS if not atp.config.is_frozen_control(config, name)]
 SUITES = list(config["data"]["suites"])
 SEEDS = [str(seed) for seed in config["seeds"]]
 
@@ -52,18 +54,29 @@ def all_targets():
 
 
 def rl_runs(wildcards):
-    """The run folders of every enabled RL method and seed (their curves, metrics and models go into the report)."""
+    """The run folders of every enabled RL method and seed that trains (curves, metrics and models go into the report)."""
     return expand(
         "results/{exp}/train/{method}/seed{seed}",
         exp=wildcards.exp,
-        method=[m for m in METHODS if config["methods"][m]["stage"] == "rl"],
+        method=[m for m in TABLE_METHODS if config["methods"][m]["stage"] == "rl"],
+        seed=SEEDS,
+    )
+
+
+def frozen_runs(wildcards):
+    """The run folders of the frozen-policy controls (rl.frozen), which the report reads the RL curves against."""
+    return expand(
+        "results/{exp}/train/{method}/seed{seed}",
+        exp=wildcards.exp,
+        method=[m for m in METHODS if atp.config.is_frozen_control(config, m)],
         seed=SEEDS,
     )
 
 
 def rl_run_files(wildcards):
     """What the report reads of the RL runs: history, metrics and the model of each."""
-    return [f"{run}/{name}" for run in rl_runs(wildcards) for name in ("history.jsonl", "metrics.json", "model")]
+    runs = [f"{run}/{name}" for run in rl_runs(wildcards) for name in ("history.jsonl", "metrics.json", "model")]
+    return runs + [f"{run}/history.jsonl" for run in frozen_runs(wildcards)]
 
 
 def job_config_json(wildcards):
@@ -97,7 +110,7 @@ def all_suite_metrics(wildcards):
     return expand(
         "results/{exp}/eval/{method}/seed{seed}/{suite}/metrics.json",
         exp=wildcards.exp,
-        method=METHODS,
+        method=TABLE_METHODS,
         seed=SEEDS,
         suite=SUITES,
     )

@@ -37,6 +37,7 @@ rule prepare_data:
         train="results/{exp}/data/train.jsonl",
         val="results/{exp}/data/val.jsonl",
         suites=expand("results/{{exp}}/data/{suite}.jsonl", suite=SUITES),
+        twins=directory("results/{exp}/data/twins"),
         tokenizer=directory("results/{exp}/data/tokenizer"),
         card=report("results/{exp}/data/card.md", category="Data"),
         card_json="results/{exp}/data/card.json",

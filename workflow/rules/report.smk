@@ -37,16 +37,18 @@ rule report_figures:
         ),
         curves=report("results/{exp}/report/rl_curves.png", category="RL", caption="../report/rl_curves.rst"),
         registry="results/{exp}/report/registry.json",
+        frozen="results/{exp}/report/rl_vs_frozen.md",
     log:
         "results/{exp}/logs/report.log",
     benchmark:
         "results/{exp}/benchmarks/report.tsv"
     params:
         runs=rl_runs,
+        frozen=frozen_runs,
         out_dir=subpath(output.registry, parent=True),
     localrule: True
     conda:
         "../envs/atp.yaml"
     shell:
         "python -m atp.stages.report --config {input.config} --table {input.table} --rl-runs {params.runs}"
-        " --out-dir {params.out_dir} --parent {input.parent} --rule report > {log} 2>&1"
+        " --frozen-runs {params.frozen} --out-dir {params.out_dir} --parent {input.parent} --rule report > {log} 2>&1"
