@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--init", default=None, help="the model the method starts from (default: a new model sized as config/config.yaml says)")
     p.add_argument("--save", default=None, help="save the trained model here (cot/nocot settings)")
     p.add_argument("--setting", required=True, help="JSON object: variant and overrides")
+    p.add_argument("--name", default=None, help="the point's name, copied into its result line")
     p.add_argument("--out", required=True, help="JSON-lines file the result is appended to")
     p.add_argument("--val", type=int, default=500, help="validation problems scored")
     p.add_argument("--seed", type=int, default=0)
@@ -85,7 +86,7 @@ def main() -> None:
         backbone = modeling.build_model({**model_cfg, **{k[6:]: v for k, v in setting.items() if k.startswith("model_")}}, tokenizer)
     ckpt = Path(args.checkpoint_dir or f"/tmp/latent_search_{abs(hash(args.setting))}")
     started = time.time()
-    result = {"setting": setting, "seed": seed}
+    result = {"setting": setting, "seed": seed, **({"name": args.name} if args.name else {})}
     if variant in ("cot", "nocot"):
         model = backbone.to(device)
         examples, _ = encode_examples(records, tokenizer, variant, train_cfg.max_length)

@@ -63,7 +63,7 @@ def main() -> None:
                     continue
                 cmd = [sys.executable, str(script), "--data-dir", str(root / point["data"]), "--setting", json.dumps(point["setting"]),
                        "--out", args.out, "--device", "cuda" if lane == "gpu" else "cpu", "--threads", "1",
-                       "--checkpoint-dir", f"/tmp/grid_ckpt/{point['name']}"]
+                       "--checkpoint-dir", f"/tmp/grid_ckpt/{point['name']}", "--name", point["name"]]
                 if init:
                     cmd += ["--init", str(root / init)]
                 if point.get("save"):
