@@ -110,13 +110,13 @@ def latent_validation(model, tokenizer, records: list[dict], seed: int, device) 
 def step_fidelity(step: str, gold_steps: list[str]) -> bool:
     """A decoded latent step is faithful when its equation is true and its result is one of the
     gold CoT's intermediate results (the same for every equivalent label of the problem)."""
-    from atp.text import equation_holds, parse_equation
+    from atp.text import parse_equation
 
-    if not equation_holds(step):
+    equation = parse_equation(step)
+    if equation is None or not equation.holds():
         return False
-    result = parse_equation(step)[3]
     golds = [parse_equation(g) for g in gold_steps]
-    return any(g is not None and numbers_equal(result, g[3]) for g in golds)
+    return any(g is not None and numbers_equal(equation.result, g.result) for g in golds)
 
 
 def score_latent(records: list[dict], generations: list[dict]) -> tuple[list[dict], dict]:

@@ -38,6 +38,18 @@ def explain(model_dir: str, question: str, samples: int = 1, max_answer_tokens: 
     return out
 
 
+def step_verdict(step: str) -> str:
+    """How a decoded step reads as arithmetic: `true`, `false` or `not an equation` (atp.text.parse_equation).
+
+    >>> step_verdict("<<(2+3)*4=20>>"), step_verdict("<<2+3=6>>"), step_verdict("<<2+3")
+    ('true', 'false', 'not an equation')
+    """
+    from atp.text import parse_equation
+
+    equation = parse_equation(step)
+    return "not an equation" if equation is None else "true" if equation.holds() else "false"
+
+
 def main(argv: list[str] | None = None) -> None:
     from atp.runtime import set_offline
 
@@ -55,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     for run in explain(args.model, args.question, args.samples):
         print(f"\n[{run['mode']}] {run['latents']} latents, {run['tokens']} tokens")
         for i, step in enumerate(run["steps"], start=1):
-            print(f"  step {i}: {step}")
+            print(f"  step {i}: {step}  ({step_verdict(step)})")
         print(f"  answer: {run['answer_text']!r} -> {run['answer']}")
 
 

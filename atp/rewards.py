@@ -17,10 +17,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from atp.text import ANSWER_MARKER, numbers_equal, parse_answer
+from atp.text import ANSWER_MARKER, numbers_equal, parse_answer, parse_equation
 
 REWARDS: dict[str, Callable[..., list[float]]] = {}
-_WHOLE_NUMBER = re.compile(r"(?<![\d.])-?\d[\d,]*(?:\.\d+)?(?![\d.])")
 _FORMAT = re.compile(re.escape(ANSWER_MARKER) + r"\s*-?[\d.,]*\d")
 
 
@@ -58,26 +57,6 @@ def format_reward(completions: list[str], **_) -> list[float]:
     return [float(_FORMAT.search(text) is not None) for text in completions]
 
 
-def step_parts(step: str) -> tuple[list[str], str] | None:
-    """(numbers left of `=`, the result: the text after `=` before `>>`), or None when the step does not parse.
-
-    >>> step_parts("<<3*4=12>>")
-    (['3', '4'], '12')
-    >>> step_parts("<<3*4>>") is None, step_parts("<<3*4=x>>") is None
-    (True, True)
-    """
-    inner = step.strip()
-    if inner.startswith("<<"):
-        inner = inner[2:]
-    inner = inner.split(">>", 1)[0]
-    if inner.count("=") != 1:
-        return None
-    left, result = (s.strip() for s in inner.split("="))
-    if _WHOLE_NUMBER.fullmatch(result) is None:
-        return None
-    return _WHOLE_NUMBER.findall(left), result
-
-
 def _raw_result(step: str) -> str | None:
     """The paper's reading of a step's result: the raw text after `=` and before `>>`."""
     if "=" not in step:
@@ -88,11 +67,12 @@ def _raw_result(step: str) -> str | None:
 def step_coherence(steps: list[str], answer: str | None, rule: str = "strict") -> float:
     """Share of latent steps whose result is used later (method.md section 6); 1 without steps.
 
-    strict (default): a result is used when it equals, by value, a whole number among
-    the operands of a later step; the last step is used when its result equals the
-    final answer; an unparsable step is incoherent. `substring` (the paper's code):
-    a result is used when it occurs as a raw substring of a later step; the last
-    step when it equals the answer's text; an unparsable step counts as coherent.
+    strict (default): a step is an equation as `atp.text.parse_equation` reads it (any number of
+    operands and parentheses; a truncated or wrapped step is not one, and is incoherent); its result is
+    used when it equals, by value, an operand of a later step, and the last step's when it equals the
+    final answer. `substring` (the paper's code): a result is used when it occurs as a raw substring of a
+    later step, and the last step's when it occurs in the predicted answer's text; a step without `=`
+    counts as coherent.
 
     >>> step_coherence(["<<2+3=5>>", "<<5*2=10>>"], "10")
     1.0
@@ -100,6 +80,8 @@ def step_coherence(steps: list[str], answer: str | None, rule: str = "strict") -
     1.0
     >>> step_coherence(["<<2+3=1>>", "<<12+2=14>>"], "14", rule="substring")  # but is a substring of it
     1.0
+    >>> step_coherence(["<<2*3=7>>"], "17", rule="substring"), step_coherence(["<<2*3=7>>"], "17")
+    (1.0, 0.0)
     """
     if not steps:
         return 1.0
@@ -109,15 +91,14 @@ def step_coherence(steps: list[str], answer: str | None, rule: str = "strict") -
     for i, step in enumerate(steps):
         later = steps[i + 1 :]
         if rule == "strict":
-            parts = step_parts(step)
-            if parts is None:
+            equation = parse_equation(step)
+            if equation is None:
                 continue
-            result = parts[1]
             if later:
-                operands = [n for s in later if (p := step_parts(s)) is not None for n in p[0]]
-                used += any(numbers_equal(result, n) for n in operands)
+                operands = [n for s in later if (e := parse_equation(s)) is not None for n in e.operands]
+                used += any(numbers_equal(equation.result, n) for n in operands)
             else:
-                used += answer is not None and numbers_equal(result, answer)
+                used += answer is not None and numbers_equal(equation.result, answer)
         else:
             result = _raw_result(step)
             if result is None or result == "":
@@ -125,7 +106,7 @@ def step_coherence(steps: list[str], answer: str | None, rule: str = "strict") -
             elif later:
                 used += any(result in s for s in later)
             else:
-                used += answer is not None and result == answer
+                used += answer is not None and result in answer
     return used / len(steps)
 
 

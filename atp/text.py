@@ -7,6 +7,7 @@ read back, so that training, evaluation and (later) the rewards agree.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 ANSWER_MARKER = "###"
@@ -22,9 +23,6 @@ SPECIAL_TOKENS = [PAD, EOS, UNK, BOT, LATENT, EOT]
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+"
 _ANSWER_RE = re.compile(re.escape(ANSWER_MARKER) + r"\s*(" + _NUMBER + r")")
 _STEP_RE = re.compile(r"<<([^<>]*)>>")
-_EQUATION_RE = re.compile(
-    r"^\s*(" + _NUMBER + r")\s*([-+*/x])\s*(" + _NUMBER + r")\s*=\s*(" + _NUMBER + r")\s*$"
-)
 
 
 def canonical_number(value: str | int | float | Decimal) -> str:
@@ -79,27 +77,138 @@ def extract_steps(text: str) -> list[str]:
     return [f"<<{inner}>>" for inner in _STEP_RE.findall(text)]
 
 
-def parse_equation(step: str) -> tuple[str, str, str, str] | None:
-    """Split `<<a op b=c>>` into (a, op, b, c); None when it is not one binary equation."""
-    inner = step.strip()
-    if inner.startswith("<<") and inner.endswith(">>"):
-        inner = inner[2:-2]
-    match = _EQUATION_RE.match(inner)
-    if match is None:
+@dataclass(frozen=True)
+class Equation:
+    """One calculator step `<<expression=result>>` (GSM8K-Aug's form): its operands, in order, and its result.
+
+    The expression may hold any number of operands, `+ - * /` (`x` and `×` read as `*`), parentheses,
+    decimals, negative numbers and thousands commas: `<<1200-300-350=550>>`, `<<(2+3)*4=20>>`.
+    """
+
+    expression: str  # the text left of `=`
+    operands: tuple[str, ...]  # its numbers, canonical (a leading minus belongs to the number)
+    result: str  # the number right of `=`, canonical
+    value: Decimal | None  # the expression's value; None when it divides by zero
+
+    def holds(self) -> bool:
+        """The arithmetic is right: exactly, or to the result's last decimal place when the result is rounded
+        (`<<10/3=3.33>>` holds, `<<12/5=2>>` does not)."""
+        if self.value is None:
+            return False
+        result = Decimal(self.result)
+        if self.value == result:
+            return True
+        places = -result.as_tuple().exponent if "." in self.result else 0
+        return places > 0 and abs(self.value - result) < Decimal(10) ** -places / 2
+
+
+_TOKEN_RE = re.compile(r"\s*(?:(\d[\d,]*(?:\.\d+)?|\.\d+)|([-+*/x×()]))")
+
+
+def _tokens(expression: str) -> list[str] | None:
+    out, pos = [], 0
+    text = expression.rstrip()
+    while pos < len(text):
+        match = _TOKEN_RE.match(text, pos)
+        if match is None:
+            return None
+        out.append(match.group(1) or {"x": "*", "×": "*"}.get(match.group(2), match.group(2)))
+        pos = match.end()
+    return out
+
+
+class _Expression:
+    """A small recursive-descent reader of + - * / and parentheses over Decimals (no `eval`)."""
+
+    def __init__(self, tokens: list[str]):
+        self.tokens, self.i, self.operands, self.divides_by_zero = tokens, 0, [], False
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self) -> str:
+        self.i += 1
+        return self.tokens[self.i - 1]
+
+    def sum(self) -> Decimal:
+        value = self.product()
+        while self.peek() in ("+", "-"):
+            op, right = self.take(), self.product()
+            value = value + right if op == "+" else value - right
+        return value
+
+    def product(self) -> Decimal:
+        value = self.factor()
+        while self.peek() in ("*", "/"):
+            op, right = self.take(), self.factor()
+            if op == "*":
+                value = value * right
+            elif right == 0:  # read on for the operands; the equation then has no value
+                self.divides_by_zero = True
+            else:
+                value = value / right
+        return value
+
+    def factor(self) -> Decimal:
+        token = self.peek()
+        if token == "-":
+            self.take()
+            if self.peek() not in (None, "(", "+", "-", "*", "/", ")"):  # a negative number: the minus is its sign
+                number = "-" + self.take().replace(",", "")
+                self.operands.append(canonical_number(number))
+                return Decimal(number)
+            return -self.factor()
+        if token == "(":
+            self.take()
+            value = self.sum()
+            if self.peek() != ")":
+                raise ValueError("unbalanced parenthesis")
+            self.take()
+            return value
+        if token is None or token in "+*/)":
+            raise ValueError(f"unexpected {token!r}")
+        number = self.take().replace(",", "")
+        self.operands.append(canonical_number(number))
+        return Decimal(number)
+
+
+def parse_equation(step: str) -> Equation | None:
+    """The equation of a step `<<expression=result>>` (or its bare inside), or None when it is not one.
+
+    Nothing may surround the markers: a truncated (`<<3*4=12`) or wrapped (`<<3*4=12>>junk`,
+    `x<<3*4=12>>`) step is not an equation.
+
+    >>> parse_equation("<<1,200-300-350=550>>").operands, parse_equation("<<(2+3)*4=20>>").holds()
+    (('1200', '300', '350'), True)
+    >>> [parse_equation(s) for s in ("<<3*4=12", "<<3*4=12>>junk", "x<<3*4=12>>", "<<3*4>>", "<<3*4=x>>")]
+    [None, None, None, None, None]
+    """
+    text = step.strip()
+    if text.startswith("<<") and text.endswith(">>") and len(text) >= 4:
+        text = text[2:-2]
+    if "<" in text or ">" in text or text.count("=") != 1:
         return None
-    a, op, b, c = match.groups()
-    return a, ("*" if op == "x" else op), b, c
+    left, right = text.split("=")
+    right = right.strip()
+    if not re.fullmatch(_NUMBER, right):
+        return None
+    tokens = _tokens(left)
+    if not tokens:
+        return None
+    reader = _Expression(tokens)
+    try:
+        value = reader.sum()
+    except (ValueError, InvalidOperation):
+        return None
+    if reader.i != len(tokens):
+        return None
+    return Equation(expression=left.strip(), operands=tuple(reader.operands), result=canonical_number(right), value=None if reader.divides_by_zero else value)
 
 
 def equation_holds(step: str) -> bool:
-    """True when `step` is a binary equation whose arithmetic is right."""
-    parts = parse_equation(step)
-    if parts is None:
-        return False
-    a, op, b, c = (Decimal(p.replace(",", "")) if i != 1 else p for i, p in enumerate(parts))
-    if op == "/":
-        return b != 0 and a / b == c
-    return {"+": a + b, "-": a - b, "*": a * b}[op] == c
+    """True when `step` is an equation (any number of operands, parentheses) whose arithmetic is right."""
+    equation = parse_equation(step)
+    return equation is not None and equation.holds()
 
 
 def prompt_text(question: str) -> str:

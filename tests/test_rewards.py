@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from atp.rewards import REWARDS, RewardConfig, coherence, correct, format_reward, step_coherence, step_parts, total
+from atp.rewards import REWARDS, RewardConfig, coherence, correct, format_reward, step_coherence, total
+from atp.text import parse_equation
 
 
 def test_rewards_are_registered_by_name():
@@ -33,7 +34,7 @@ def test_results_are_compared_by_value():
 
 def test_an_unparsable_step_is_incoherent_by_default_and_coherent_under_the_paper_rule():
     steps = ["<<2+3=5>>", "<<5 times 2>>", "<<5*2=10>>"]
-    assert step_parts(steps[1]) is None
+    assert parse_equation(steps[1]) is None
     assert step_coherence(steps, "10", "strict") == pytest.approx(2 / 3)
     assert step_coherence(steps, "10", "substring") == 1.0
     assert step_coherence(["garbage"], "3", "strict") == 0.0
@@ -73,3 +74,27 @@ def test_the_coherence_only_reward_reads_no_gold_answer():
 def test_an_unknown_coherence_rule_is_refused():
     with pytest.raises(ValueError, match="coherence_rule"):
         RewardConfig(coherence_rule="fuzzy")
+
+
+@pytest.mark.parametrize(
+    "steps, answer, strict, substring",
+    [
+        # the paper's code tests the last result as a substring of the predicted answer: 7 is in 17
+        (["<<2*3=7>>"], "17", 0.0, 1.0),
+        (["<<2*3=6>>"], "6", 1.0, 1.0),
+        (["<<2*3=6>>"], None, 0.0, 0.0),
+        # a truncated or wrapped step is no equation under the strict rule; the paper's rule reads its raw result
+        (["<<3*4=12", "<<12+1=13>>"], "13", 0.5, 1.0),
+        (["<<3*4=12>>junk", "<<12+1=13>>"], "13", 0.5, 1.0),
+        (["x<<3*4=12>>", "<<12+1=13>>"], "13", 0.5, 1.0),
+        # GSM8K-Aug's multi-operand and parenthesised steps: the result of step 1 is an operand of step 2
+        (["<<1200-300-350=550>>", "<<(550+50)*2=1200>>"], "1200", 1.0, 1.0),
+        (["<<(2+3)*4=20>>", "<<20/8=2.5>>"], "2.5", 1.0, 1.0),
+        # negative and decimal results, compared by value
+        (["<<3-5=-2>>", "<<-2*1.5=-3>>"], "-3.0", 1.0, 1.0),
+        (["<<1,000+200=1,200>>", "<<1200-1=1199>>"], "1199", 1.0, 0.5),
+    ],
+)
+def test_coherence_rules_on_a_table_of_steps(steps, answer, strict, substring):
+    assert step_coherence(steps, answer, "strict") == pytest.approx(strict)
+    assert step_coherence(steps, answer, "substring") == pytest.approx(substring)

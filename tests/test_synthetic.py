@@ -12,13 +12,11 @@ def _check_label(question: str, steps: list[str], answer: str) -> None:
     """A label is a valid computation: true equations over question numbers or earlier results, ending at the answer."""
     available = [int(n) for n in re.findall(r"\d+", question)]
     for step in steps:
-        parts = parse_equation(step)
-        assert parts is not None, step
-        a, op, b, c = parts
-        a, b, c = int(a), int(b), int(c)
+        equation = parse_equation(step)
+        assert equation is not None and equation.holds(), step
+        a, b = (int(x) for x in equation.operands)
         assert a in available and b in available, (step, available)
-        assert {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op] == c, step
-        available.append(c)
+        available.append(int(equation.result))
     assert int(steps[-1].split("=")[1][:-2]) == int(answer)
 
 

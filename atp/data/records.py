@@ -51,8 +51,8 @@ def validate_record(record: object, where: str, check_steps: bool = True) -> dic
         raise DataError(where, "'steps' must be a list of strings")
     if check_steps:
         for i, step in enumerate(steps):
-            if not (step.startswith("<<") and step.endswith(">>")) or "=" not in step:
-                raise DataError(where, f"step {i + 1} {step!r} is not an equation <<...=...>>")
+            if not (step.startswith("<<") and step.endswith(">>")) or parse_equation(step) is None:
+                raise DataError(where, f"step {i + 1} {step!r} is not an equation <<expression=number>>")
     return {**record, "answer": answer}
 
 
@@ -97,6 +97,3 @@ def file_digest(path: str | os.PathLike) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-def step_is_binary(step: str) -> bool:
-    return parse_equation(step) is not None
