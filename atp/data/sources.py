@@ -169,26 +169,49 @@ def _raw_rows(spec: SourceSpec) -> Iterator[tuple[str, object]]:
                     yield f"{path}:{number}", line.rstrip("\n")
         return
     with open(path, encoding="utf-8") as handle:
-        head = handle.read(1).lstrip()
-        handle.seek(0)
-        if path.suffix == ".json" or head == "[":
-            try:
-                rows = json.load(handle)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{exc.lineno}", f"invalid JSON ({exc.msg})") from None
-            if not isinstance(rows, list):
-                raise DataError(str(path), f"expected a JSON list of records, got {type(rows).__name__}")
-            for index, row in enumerate(rows):
-                yield f"{path} record {index}", row
+        text = handle.read()
+    if path.suffix == ".json" or text.lstrip().startswith("["):
+        yield from _json_list_rows(text, path)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield f"{path}:{number}", _json_row(line)
+
+
+class BadRow(str):
+    """A row that could not be read (its problem); `load_source` skips and counts it, or stops on it."""
+
+
+def _json_row(line: str) -> object:
+    if line.startswith("\ufeff"):
+        return BadRow("invalid JSON (the line starts with a byte-order mark)")
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return BadRow(f"invalid JSON ({exc.msg})")
+
+
+def _json_list_rows(text: str, path: Path) -> Iterator[tuple[str, object]]:
+    """The records of a JSON list, each named by the line it starts on (`file:line`)."""
+    decoder = json.JSONDecoder()
+    line_of = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
+    pos = len(text) - len(text.lstrip())
+    if not text.startswith("[", pos):
+        raise DataError(str(path), f"expected a JSON list of records, got {text[pos:pos + 20]!r}")
+    pos += 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text):
+            raise DataError(f"{path}:{line_of(pos)}", "invalid JSON (the list is not closed)")
+        if text[pos] == "]":
             return
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(where, f"invalid JSON ({exc.msg})") from None
+        try:
+            row, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:  # the rest of the list cannot be delimited: stop here
+            raise DataError(f"{path}:{line_of(exc.pos)}", f"invalid JSON ({exc.msg})") from None
+        yield f"{path}:{line_of(pos)}", row
+        pos = end
 
 
 def load_source(spec: SourceSpec, split: str, skip_bad: bool = False) -> tuple[list[dict], int]:
@@ -203,6 +226,8 @@ def load_source(spec: SourceSpec, split: str, skip_bad: bool = False) -> tuple[l
         if spec.limit is not None and len(records) >= spec.limit:
             break
         try:
+            if isinstance(row, BadRow):
+                raise DataError(where, str(row))
             if spec.format == "contract":
                 record = row
             else:

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from atp import cli
-from atp.config import split_source, split_specs
+from atp.config import split_key, split_source, split_specs
 from atp.data.records import DataError, file_digest, write_jsonl
 from atp.runtime import write_json
 from atp.text import cot_target, normalise_question, prompt_text
@@ -124,7 +124,7 @@ def main(args, config: dict) -> None:
     splits, skipped, twins = build_splits(config)
     empty = [name for name, records in splits.items() if not records]
     if empty:
-        raise DataError(f"data.{empty[0]}", "the split is empty")
+        raise DataError(f"config key '{split_key(empty[0])}'", "the split is empty")
     tokenizer = make_tokenizer(config, splits["train"])
     cards = []
     for name, records in splits.items():  # written only after every split was read and checked
