@@ -196,6 +196,11 @@ def method_rl(config: dict, method: str) -> dict:
     return merge(config["rl"], config["methods"][method].get("rl", {}))
 
 
+def method_seeds(config: dict, method: str) -> list[int]:
+    """The training seeds of a method: its own `seeds`, else the top-level `seeds`."""
+    return list(config["methods"][method].get("seeds") or config["seeds"])
+
+
 def is_frozen_control(config: dict, method: str) -> bool:
     """An rl method that rolls out without updating (`rl.frozen`): a control for the RL curves, not a table row."""
     return config["methods"][method]["stage"] == "rl" and bool(method_rl(config, method).get("frozen"))

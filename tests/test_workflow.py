@@ -177,3 +177,21 @@ def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
     assert counts.get("train") == 2 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1  # atp_rl, its frozen control
+
+
+def test_a_method_can_train_with_fewer_seeds_and_the_others_start_from_its_first(tmp_path):
+    """seeds [0, 1] with the SFT baselines on seed 0 only: seed 1 of every method starting from CoT-SFT starts
+    from CoT-SFT's seed-0 model, and the table reads each method's own seeds."""
+
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    extra = "seeds: [0, 1]\nmethods: {cot_sft: {seeds: [0]}, nocot_sft: {seeds: [0]}}\n"
+    result = snakemake(tmp_path, "-n", extra_config=extra)
+    jobs = result.stdout.split("\n\n")
+    assert not [j for j in jobs if "method=cot_sft, seed=1" in j or "method=nocot_sft, seed=1" in j]
+    (pause_1,) = [j for j in jobs if "rule train:" in j and "method=pause, seed=1" in j]
+    assert "--init results/test/train/cot_sft/seed0/model" in pause_1
+    (rl_1,) = [j for j in jobs if "rule train:" in j and "method=atp_rl, seed=1" in j]
+    assert "--init results/test/train/atp/seed1/model" in rl_1  # atp has both seeds
+    counts = job_counts(result.stdout)
+    # cot_sft, nocot_sft once; pause, atp, atp_rl, atp_rl_frozen twice
+    assert counts["train"] == 2 + 4 * 2 and counts["evaluate"] == 2 + 3 * 2

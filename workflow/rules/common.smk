@@ -37,7 +37,6 @@ METHODS = [name for name, spec in config["methods"].items() if spec.get("enabled
 # The table's rows: every method but the frozen-policy controls of RL (their model is their start's).
 TABLE_METHODS = [name for name in METHODS if not atp.config.is_frozen_control(config, name)]
 SUITES = list(config["data"]["suites"])
-SEEDS = [str(seed) for seed in config["seeds"]]
 
 
 wildcard_constraints:
@@ -53,24 +52,24 @@ def all_targets():
     return [f"results/{EXP}/table.md", f"results/{EXP}/table.csv"] + figures
 
 
+def method_seeds(method):
+    """The seeds a method is trained with: its own `seeds`, else the top-level ones."""
+    return [str(seed) for seed in atp.config.method_seeds(config, method)]
+
+
+def runs(exp, methods, suffix=""):
+    """results/<exp>/train/<method>/seed<k><suffix> for every method and each of its seeds."""
+    return [f"results/{exp}/train/{m}/seed{seed}{suffix}" for m in methods for seed in method_seeds(m)]
+
+
 def rl_runs(wildcards):
     """The run folders of every enabled RL method and seed that trains (curves, metrics and models go into the report)."""
-    return expand(
-        "results/{exp}/train/{method}/seed{seed}",
-        exp=wildcards.exp,
-        method=[m for m in TABLE_METHODS if config["methods"][m]["stage"] == "rl"],
-        seed=SEEDS,
-    )
+    return runs(wildcards.exp, [m for m in TABLE_METHODS if config["methods"][m]["stage"] == "rl"])
 
 
 def frozen_runs(wildcards):
     """The run folders of the frozen-policy controls (rl.frozen), which the report reads the RL curves against."""
-    return expand(
-        "results/{exp}/train/{method}/seed{seed}",
-        exp=wildcards.exp,
-        method=[m for m in METHODS if atp.config.is_frozen_control(config, m)],
-        seed=SEEDS,
-    )
+    return runs(wildcards.exp, [m for m in METHODS if atp.config.is_frozen_control(config, m)])
 
 
 def rl_run_files(wildcards):
@@ -90,11 +89,14 @@ def stage_module(wildcards):
 
 
 def init_model(wildcards):
-    """The model a method starts from: another method's model (same seed), or none (the base model)."""
+    """The model a method starts from: another method's model (same seed, or the init's first seed when it was
+    not trained with this one), or none (the base model)."""
     init = config["methods"][wildcards.method].get("init")
     if init is None:
         return []
-    return f"results/{wildcards.exp}/train/{init}/seed{wildcards.seed}/model"
+    seeds = method_seeds(init)
+    seed = wildcards.seed if wildcards.seed in seeds else seeds[0]
+    return f"results/{wildcards.exp}/train/{init}/seed{seed}/model"
 
 
 def init_arg(wildcards, input):
@@ -107,13 +109,13 @@ def data_dir(wildcards):
 
 
 def all_suite_metrics(wildcards):
-    return expand(
-        "results/{exp}/eval/{method}/seed{seed}/{suite}/metrics.json",
-        exp=wildcards.exp,
-        method=TABLE_METHODS,
-        seed=SEEDS,
-        suite=SUITES,
-    )
+    """Every table method's evaluation on every suite, for each of its seeds."""
+    return [
+        f"results/{wildcards.exp}/eval/{m}/seed{seed}/{suite}/metrics.json"
+        for m in TABLE_METHODS
+        for seed in method_seeds(m)
+        for suite in SUITES
+    ]
 
 
 def finished_message():
