@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from atp.text import BOT, EOT, LATENT
+from atp.train import IGNORE  # noqa: F401 - one definition, shared with the token objective (tests import it from here)
 from atp.variants import VARIANTS, Variant  # noqa: F401 - the table lives where the config checks read it without torch
 
-IGNORE = -100
 ACTIVE, MASKED, ABSENT = 1, 2, 0
 
 

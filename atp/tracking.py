@@ -70,12 +70,16 @@ def _retry(action, what: str, where: str = "", attempts: int = ATTEMPTS):
             delay *= 2
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def _experiment_id(mlflow, name: str, uri: str) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow.create_experiment(name, artifact_location=_artifact_root(uri))
+        # A model-training experiment: MLflow 3's UI then opens it on its runs table, not on the GenAI overview.
+        return mlflow.create_experiment(name, artifact_location=_artifact_root(uri), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # another job created it meanwhile
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
@@ -236,10 +240,6 @@ class Tracker:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         self.call(lambda: self.client.log_artifacts(self.run_id, str(folder), artifact_path), "log artifacts")
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.call(lambda: self.client.set_tag(self.run_id, key, str(value)), "set tag")
 
     def set_parent_tags(self, tags: dict[str, Any]) -> None:
         """Tag the pipeline's parent run (data prep adds the data digests, unknown when it was created)."""

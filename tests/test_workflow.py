@@ -65,6 +65,8 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     digests = {f"data_digest.{c['split']}": c["sha256"][:16] for c in card["splits"]}
     # Provenance on every run: the code (commit, dirty flag), the job's config (hash) and the data (digests).
     parent_tags = client.get_run(parent["run_id"]).data.tags
+    # a model-training experiment: MLflow's UI opens it on the runs table
+    assert client.get_experiment(parent["experiment_id"]).tags.get("mlflow.experimentKind") == "custom_model_development"
     assert {"git_commit", "git_dirty", "data_digest"} <= set(parent_tags)
     for run in children:
         tags = run.data.tags
