@@ -35,3 +35,27 @@ def test_one_seed_reports_the_spread_of_the_sampled_evaluations():
     row = frame.iloc[0]
     assert row["test_acc_std"] == pytest.approx(10.0) and row["avg_acc_std"] == pytest.approx(10.0)
     assert row["test_latents"] == pytest.approx(4.0)
+
+
+def test_margins_over_the_better_control_and_simcot_carry_a_standard_error_over_seeds():
+    """Two seeds, one suite: pause 50/52, No-CoT FT 40/40, SIM-CoT 54/56, ATP-Latent (RL) 60/64.
+
+    RL minus pause: 62 - 51 = +11, SE sqrt(2.828^2/2 + 1.414^2/2) = 2.2; minus SIM-CoT: 62 - 55 = +7, SE 2.2;
+    SIM-CoT minus pause: +4, SE sqrt(1.414^2/2 + 1.414^2/2) = 1.4.
+    """
+    from atp.stages.table import margins_markdown
+
+    methods = {
+        "nocot_ft": {"stage": "sft", "format": "nocot", "init": "cot_sft", "label": "No-CoT FT"},
+        "pause": {"stage": "latent_sft", "variant": "pause", "label": "Pause"},
+        "simcot": {"stage": "latent_sft", "variant": "simcot", "label": "SIM-CoT"},
+        "atp_rl": {"stage": "rl", "init": "atp", "label": "ATP (RL)"},
+    }
+    values = {"nocot_ft": (0.40, 0.40), "pause": (0.50, 0.52), "simcot": (0.54, 0.56), "atp_rl": (0.60, 0.64)}
+    metrics = [metric(m, "test", v, seed=seed) for m, pair in values.items() for seed, v in enumerate(pair)]
+    frame, _ = aggregate(metrics, methods)
+    text = margins_markdown(frame, methods)
+    assert "better control (Pause)" in text
+    assert "| ATP (RL) | +11.0 ± 2.2 | +7.0 ± 2.2 |" in text and "| SIM-CoT | +4.0 ± 1.4 | - |" in text
+    one_seed = aggregate([m for m in metrics if m["seed"] == 0], methods)[0]
+    assert "one seed: no standard error" in margins_markdown(one_seed, methods)

@@ -80,7 +80,7 @@ def aggregate(metrics: list[dict], methods: dict) -> "object":
     return pd.DataFrame(rows).round(4), suites
 
 
-def markdown(frame, suites: list[str], provenance: str) -> str:
+def markdown(frame, suites: list[str], provenance: str, methods: dict | None = None) -> str:
     header = ["Method"] + [f"{s} acc (%)" for s in suites] + ["avg acc (%)"] + [f"{s} #tok" for s in suites] + ["avg #tok"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in frame.iterrows():
@@ -99,7 +99,41 @@ def markdown(frame, suites: list[str], provenance: str) -> str:
     if "config_hash" in frame.columns:
         trained = ", ".join(f"{row['label']} `{row['config_hash']}`" for _, row in frame.iterrows())
         provenance += f"Training job config hashes (tag `config_hash` of each MLflow training run): {trained}.\n"
-    return "# Results\n\n" + "\n".join(lines) + "\n" + note + fidelity_markdown(frame, suites) + provenance
+    return "# Results\n\n" + "\n".join(lines) + "\n" + note + margins_markdown(frame, methods or {}) + fidelity_markdown(frame, suites) + provenance
+
+
+def is_control(spec: dict) -> bool:
+    """The two controls every latent result is read against: pause tokens, and No-CoT fine-tuning of a model."""
+    return spec.get("variant") == "pause" or (spec.get("stage") == "sft" and spec.get("format") == "nocot" and spec.get("init") is not None)
+
+
+def margins_markdown(frame, methods: dict) -> str:
+    """Each latent and RL method's four-suite average minus the better control's and minus SIM-CoT's, with the
+    standard error of the difference over training seeds (std / sqrt(seeds) of each, combined)."""
+    import math
+
+    rows = {row["method"]: row for _, row in frame.iterrows()}
+    controls = [rows[m] for m in rows if is_control(methods.get(m, {}))]
+    latent = [rows[m] for m in rows if methods.get(m, {}).get("stage") in ("latent_sft", "rl") and not is_control(methods.get(m, {}))]
+    if not controls or not latent:
+        return ""
+    better = max(controls, key=lambda r: r["avg_acc"])
+    references = [better] + [rows[m] for m in rows if methods.get(m, {}).get("variant") == "simcot"]
+
+    def difference(a, b) -> str:
+        if min(a["seeds"], b["seeds"]) < 2:
+            return f"{a['avg_acc'] - b['avg_acc']:+.1f} (one seed: no standard error)"
+        se = math.sqrt(a["avg_acc_std"] ** 2 / a["seeds"] + b["avg_acc_std"] ** 2 / b["seeds"])
+        return f"{a['avg_acc'] - b['avg_acc']:+.1f} ± {se:.1f}"
+
+    header = ["Method"] + [f"minus {r['label']}" for r in references]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in latent:
+        lines.append("| " + " | ".join([row["label"]] + ["-" if ref["method"] == row["method"] else difference(row, ref) for ref in references]) + " |")
+    return (
+        f"\n## Margins on the average accuracy (points)\n\nAgainst the better control ({better['label']}) and SIM-CoT; "
+        "± is the standard error of the difference over training seeds.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def fidelity_markdown(frame, suites: list[str]) -> str:
@@ -129,7 +163,7 @@ def main(args, config: dict) -> None:
     frame, suites = aggregate(metrics, config["methods"])
     git = git_info()
     provenance = f"\nProduced from git commit {git['commit']} (dirty: {git['dirty']}), job config hash {config_hash(config)}.\n"
-    Path(args.out_md).write_text(markdown(frame, suites, provenance), encoding="utf-8")
+    Path(args.out_md).write_text(markdown(frame, suites, provenance, config["methods"]), encoding="utf-8")
     frame.to_csv(args.out_csv, index=False)
     log.info("wrote %s and %s", args.out_md, args.out_csv)
     with Tracker(config, "table", args.parent, "table", {"rule": args.rule or "table"}, enabled=not args.no_tracking) as tracker:
