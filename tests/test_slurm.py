@@ -29,7 +29,7 @@ def test_the_slurm_profile_dry_runs_the_paper_config_offline(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["train"] == 11 and counts["evaluate"] == 10 and counts["prepare_data"] == 1
+    assert counts["train"] == 12 and counts["evaluate"] == 10 and counts["prepare_data"] == 1  # + the frozen RL control, not evaluated
 
 
 def _install_slurm() -> str | None:
