@@ -45,6 +45,8 @@ def test_a_grpo_step_under_bf16_is_finite_and_differs_from_fp32(tiny_data):
         out[bf16] = metrics
     # Autocast was on: bf16 matmuls change the replayed log-probabilities, hence the loss.
     assert out[True]["rl/loss"] != out[False]["rl/loss"]
+    # Before the first update, rollout and replay agree exactly, under bf16 as in fp32: log-ratio 0, nothing clipped.
+    assert all(m["rl/first_clip_fraction"] == 0.0 and m["rl/first_max_abs_log_ratio"] == 0.0 for m in out.values())
 
 
 @pytest.mark.slow

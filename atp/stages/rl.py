@@ -121,6 +121,12 @@ def grpo_step(
     model.eval()  # no dropout anywhere; eval only makes sampling and replay see the same network
     with autocast:
         traj = rollout(model, prompts, rl_cfg, generator)
+        # The log-probabilities the ratios start from come from the replay path itself (TRL computes its old
+        # log-probabilities the same way): the sampling loop decodes token by token, the replay in one pass, and
+        # their roundings differ (4.8e-7 in fp32 on the tiny test policy, more under bf16 on a GPU), so the first
+        # minibatch's ratio is exactly 1 and nothing is clipped before an update.
+        with torch.no_grad():
+            traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
         used = traj.latents_used.tolist()
         steps = model.decode_steps([traj.feeds[b, :n].float().cpu() for b, n in enumerate(used)], tokenizer)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in traj.answer_ids(model.eos_id)]
