@@ -5,8 +5,8 @@
 
 Writes accuracy_vs_tokens.png (average accuracy against average #tokens, one point
 per method, the paper's efficiency picture), rl_curves.png (total reward,
-coherence reward and rollout accuracy per RL step, for each RL run, with the
-frozen-policy controls dashed), rl_vs_frozen.md (each RL run's reward over its last
+coherence reward, rollout accuracy and the gradient diagnostics' two-half cosine per
+RL step, for each RL run, with the frozen-policy controls dashed), rl_vs_frozen.md (each RL run's reward over its last
 quarter against the frozen control of its seed, step by step, with a standard
 error) and registry.json. The RL policy with the best *validation* accuracy (never a test
 suite) is registered in the MLflow model registry under
@@ -23,7 +23,12 @@ from atp import cli
 from atp.runtime import read_json, write_json
 
 log = logging.getLogger("atp.report")
-CURVES = [("rewards/total/mean", "total reward"), ("rewards/coherence/mean", "coherence reward"), ("rl/accuracy", "rollout accuracy")]
+CURVES = [
+    ("rewards/total/mean", "total reward"),
+    ("rewards/coherence/mean", "coherence reward"),
+    ("rl/accuracy", "rollout accuracy"),
+    ("rl/grad_cosine/all", "gradient cosine of two halves (near 0: noise)"),
+]
 ALIAS = "best"
 
 
@@ -80,7 +85,7 @@ def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = [(name, rows, colors[i % len(colors)], "-") for i, (name, rows) in enumerate(histories.items())]
     styles += [(name, rows, str(0.2 + 0.2 * (i % 3)), "--") for i, (name, rows) in enumerate(controls.items())]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3.8), dpi=120)
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(17, 3.8), dpi=120)
     for ax, (key, title) in zip(axes, CURVES):
         for name, rows, color, style in styles:
             steps = [r["step"] for r in rows if key in r]
