@@ -50,7 +50,7 @@ def test_check_launch_refuses_deepspeed_and_fsdp_for_rl():
 def test_the_dry_run_launches_multi_gpu_training_through_accelerate(workdir):
     accelerate = "accelerate launch --config_file $ATP_ACCELERATE_CONFIGS/ddp.yaml --num_processes 2 -m"
     out = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=2")
-    assert out.count(accelerate) == 5  # the 5 trainings of the test config, each launched through accelerate
+    assert out.count(accelerate) == 6  # the 6 trainings of the test config (the frozen RL control too), each through accelerate
     fsdp = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=4", "train:accelerate=fsdp")
     assert "--config_file $ATP_ACCELERATE_CONFIGS/fsdp.yaml --num_processes 4 -m" in fsdp
     # One GPU (or none, the rule's default): `python -m`, never accelerate.
