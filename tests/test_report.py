@@ -55,5 +55,6 @@ def test_rl_runs_are_read_against_the_frozen_control_of_their_seed_step_by_step(
     assert len(rows) == 1 and rows[0]["control"] == "atp_rl_frozen (seed 0)" and rows[0]["steps"] == "7-8"
     assert rows[0]["difference"] == pytest.approx(0.2) and rows[0]["standard_error"] == pytest.approx(0.1)
     assert rows[0]["z"] == pytest.approx(2.0)
-    assert "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 7-8 |" in against_frozen_markdown(rows)
-    assert "no RL run" in against_frozen_markdown([])
+    text = against_frozen_markdown({"rewards/total/mean": rows})
+    assert "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 7-8 | " in text and "+0.2000 | 0.1000 | +2.00 |" in text
+    assert "no RL run" in text.split("## total reward")[0]  # no rollout-accuracy rows were given

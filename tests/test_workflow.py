@@ -150,7 +150,7 @@ def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the
     # The frozen-policy control ran the same schedule without updating, and the report reads the RL run against it.
     frozen = [json.loads(line) for line in (exp / "train" / "atp_rl_frozen" / "seed0" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in frozen] == [1, 2, 3] and "rl/loss" not in frozen[0] and "rewards/total/mean" in frozen[0]
-    assert "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |" in (exp / "report" / "rl_vs_frozen.md").read_text()
+    assert (exp / "report" / "rl_vs_frozen.md").read_text().count("| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |") == 2  # accuracy, reward
     assert "rl/first_clip_fraction" in history[0] and history[0]["rl/first_clip_fraction"] == 0.0  # rollout and replay agree
     assert "rl/grad_cosine/all" in history[0]  # diagnostics at step 0 (rl.diagnostics_every)
     registry = json.loads((exp / "report" / "registry.json").read_text())
