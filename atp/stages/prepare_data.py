@@ -127,15 +127,12 @@ def main(args, config: dict) -> None:
         raise DataError(f"config key '{split_key(empty[0])}'", "the split is empty")
     tokenizer = make_tokenizer(config, splits["train"])
     cards = []
-    for name, records in splits.items():  # written only after every split was read and checked
+    (out_dir / "twins").mkdir(parents=True, exist_ok=True)  # a declared output, empty when no suite is synthetic
+    outputs = [(name, records, skipped[name]) for name, records in splits.items()] + [(f"twins/{name}", records, 0) for name, records in twins.items()]
+    for name, records, bad in outputs:  # written only after every split was read and checked
         path = out_dir / f"{name}.jsonl"
         write_jsonl(path, records)
-        cards.append({**data_card(name, records, tokenizer, skipped[name]), "sha256": file_digest(path), "path": str(path)})
-    (out_dir / "twins").mkdir(parents=True, exist_ok=True)
-    for name, records in twins.items():
-        path = out_dir / "twins" / f"{name}.jsonl"
-        write_jsonl(path, records)
-        cards.append({**data_card(f"twins/{name}", records, tokenizer, 0), "sha256": file_digest(path), "path": str(path)})
+        cards.append({**data_card(name, records, tokenizer, bad), "sha256": file_digest(path), "path": str(path)})
     tokenizer.save_pretrained(out_dir / "tokenizer")
     write_json(out_dir / "card.json", {"splits": cards, "vocab_size": len(tokenizer)})
     (out_dir / "card.md").write_text(card_markdown(cards), encoding="utf-8")
