@@ -65,7 +65,7 @@ def against_frozen(results: list[dict], root: Path) -> None:
         if r.get("rl", {}).get("frozen") or control is None or r.get("returncode") != 0:
             continue
         history = lambda name: [json.loads(line) for line in (root / name / "history.jsonl").read_text().splitlines()]  # noqa: E731
-        (row,) = paired({f"{r['name']} (seed 0)": history(r["name"])}, {f"{control} (seed 0)": history(control)}) or [None]
+        (row,) = paired({(r["name"], 0): history(r["name"])}, {(control, 0): history(control)}) or [None]
         if row:
             r.update({"vs_frozen/control": control, "vs_frozen/difference": round(row["difference"], 4), "vs_frozen/standard_error": round(row["standard_error"], 4)})
 

@@ -51,7 +51,7 @@ def test_rl_runs_are_read_against_the_frozen_control_of_their_seed_step_by_step(
     """Hand-built: 8 steps; over the last quarter (steps 7, 8) the run beats its control by 0.1 and 0.3."""
     control = [{"step": t, "rewards/total/mean": 1.0 + (t % 2) * 0.5} for t in range(1, 9)]  # the question mix
     run = [{"step": t, "rewards/total/mean": r["rewards/total/mean"] + (0.1 if t == 7 else 0.3 if t == 8 else 0.0)} for t, r in zip(range(1, 9), control)]
-    rows = against_frozen({"atp_rl (seed 0)": run, "atp_rl (seed 1)": run}, {"atp_rl_frozen (seed 0)": control})
+    rows = against_frozen({("atp_rl", 0): run, ("atp_rl", 1): run}, {("atp_rl_frozen", 0): control})
     assert len(rows) == 1 and rows[0]["control"] == "atp_rl_frozen (seed 0)" and rows[0]["steps"] == "7-8"
     assert rows[0]["difference"] == pytest.approx(0.2) and rows[0]["standard_error"] == pytest.approx(0.1)
     assert rows[0]["z"] == pytest.approx(2.0)

@@ -107,21 +107,26 @@ def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10
     plt.close(fig)
 
 
-def against_frozen(runs: dict[str, list[dict]], controls: dict[str, list[dict]], key: str = "rewards/total/mean", share: float = 0.25) -> list[dict]:
-    """Each RL run's reward against its frozen-policy control over the last `share` of its steps.
+def run_label(method: str, seed: int) -> str:
+    return f"{method} (seed {seed})"
 
-    Runs and controls are keyed by (method, seed) labels; a run is paired with the control of its seed, which
-    drew the same questions at every step. The difference is taken step by step (the question mix cancels)
-    and its standard error is the per-step differences' standard deviation over sqrt(steps).
+
+def against_frozen(
+    runs: dict[tuple[str, int], list[dict]], controls: dict[tuple[str, int], list[dict]], key: str = "rewards/total/mean", share: float = 0.25
+) -> list[dict]:
+    """Each RL run's `key` against its frozen-policy control over the last `share` of its steps.
+
+    Runs and controls are keyed by (method, seed); a run is paired with the control of its seed, which drew
+    the same questions at every step. The difference is taken step by step (the question mix cancels) and
+    its standard error is the per-step differences' standard deviation over sqrt(steps).
     """
     import math
     import statistics
 
     out = []
-    for name, rows in runs.items():
-        seed = name.rsplit("(seed ", 1)[-1]
-        for control_name, control in controls.items():
-            if not control_name.endswith(f"(seed {seed}"):
+    for (method, seed), rows in runs.items():
+        for (control_method, control_seed), control in controls.items():
+            if control_seed != seed:
                 continue
             mine, theirs = ({r["step"]: r[key] for r in h if key in r} for h in (rows, control))
             steps = sorted(set(mine) & set(theirs))
@@ -131,9 +136,9 @@ def against_frozen(runs: dict[str, list[dict]], controls: dict[str, list[dict]],
             diffs = [mine[t] - theirs[t] for t in last]
             se = statistics.stdev(diffs) / math.sqrt(len(diffs))
             out.append(
-                {"run": name, "control": control_name, "steps": f"{last[0]}-{last[-1]}", "run_reward": statistics.fmean(mine[t] for t in last),
-                 "control_reward": statistics.fmean(theirs[t] for t in last), "difference": statistics.fmean(diffs), "standard_error": se,
-                 "z": statistics.fmean(diffs) / se if se > 0 else 0.0}
+                {"run": run_label(method, seed), "control": run_label(control_method, control_seed), "steps": f"{last[0]}-{last[-1]}",
+                 "run_reward": statistics.fmean(mine[t] for t in last), "control_reward": statistics.fmean(theirs[t] for t in last),
+                 "difference": statistics.fmean(diffs), "standard_error": se, "z": statistics.fmean(diffs) / se if se > 0 else 0.0}
             )
     return out
 
@@ -224,10 +229,11 @@ def main(args, config: dict) -> None:
     frame = pd.read_csv(args.table)
     plot_accuracy_vs_tokens(frame, out_dir / "accuracy_vs_tokens.png")
     run_dirs = [Path(d) for d in args.rl_runs]
-    label = lambda d: f"{d.parent.name} (seed {d.name.removeprefix('seed')})"  # noqa: E731
-    histories = {label(d): read_history(d / "history.jsonl") for d in run_dirs}
-    controls = {label(Path(d)): read_history(Path(d) / "history.jsonl") for d in args.frozen_runs}
-    plot_rl_curves(histories, out_dir / "rl_curves.png", controls=controls)
+    key_of = lambda d: (d.parent.name, int(d.name.removeprefix("seed")))  # noqa: E731 - train/<method>/seed<k>
+    histories = {key_of(d): read_history(d / "history.jsonl") for d in run_dirs}
+    controls = {key_of(d): read_history(d / "history.jsonl") for d in map(Path, args.frozen_runs)}
+    labelled = lambda runs: {run_label(*k): rows for k, rows in runs.items()}  # noqa: E731
+    plot_rl_curves(labelled(histories), out_dir / "rl_curves.png", controls=labelled(controls))
     paired = {key: against_frozen(histories, controls, key) for key, _ in FROZEN_KEYS}
     (out_dir / "rl_vs_frozen.md").write_text(against_frozen_markdown(paired), encoding="utf-8")
     with Tracker(config, "report", args.parent, "report", {"rule": args.rule or "report"}, enabled=not args.no_tracking) as tracker:
