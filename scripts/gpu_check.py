@@ -15,7 +15,7 @@ at the sizes of config/paper.yaml:
   latent  the latent loop of atp.latent.LatentReasoner (variant atp, c=2, S=10: 20 latent slots) via
           run_prefix_and_slots on a batch (forward, as in evaluation and rollouts), and latent-SFT
           optimizer steps at the last curriculum stage (all 20 slots, step decoder, KL, stop head);
-  rl      GRPO steps of atp.stages.rl.grpo_step with RLConfig(questions=16, group_size=8,
+  rl      GRPO steps of atp.rl.grpo_step with RLConfig(questions=16, group_size=8,
           minibatch_size=16): 128 rollouts, decoding of every latent step, 8 PPO minibatch updates.
 
 For each part it prints and writes (--out, JSON) tokens/s, seconds per step, peak memory
@@ -365,14 +365,13 @@ def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
 
 
 def part_rl(args, config, tok, dist, meter, peak, model=None) -> dict:
-    """GRPO steps through atp.stages.rl.grpo_step (rollouts, rewards, 8 PPO minibatch updates)."""
+    """GRPO steps through atp.rl.grpo_step (rollouts, rewards, 8 PPO minibatch updates)."""
     import torch
 
     from atp.latent import LatentConfig
     from atp.modeling import count_parameters
     from atp.rewards import RewardConfig
-    from atp.rl import RLConfig
-    from atp.stages.rl import freeze_decoder, grpo_step
+    from atp.rl import RLConfig, freeze_decoder, grpo_step
 
     rng = random.Random(args.seed + 2)
     meter.reset()

@@ -27,7 +27,7 @@ def tiny_policy(tiny_data):
 def test_a_grpo_step_under_bf16_is_finite_and_differs_from_fp32(tiny_data):
     import copy
 
-    from atp.stages.rl import freeze_decoder, grpo_step
+    from atp.rl import freeze_decoder, grpo_step
 
     model, splits, tok = tiny_policy(tiny_data)
     prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:2] for _ in range(4)]

@@ -128,7 +128,7 @@ def test_without_the_replayable_cache_checkpointing_would_change_the_latent_loss
 def test_rl_replay_loss_and_gradients_are_unchanged(tiny_data):
     """The RL update replays in eval mode; checkpoint_in_eval makes the layers checkpoint there too."""
     from atp.rl import RLConfig, group_advantages, ppo_clip_loss, replay, rollout
-    from atp.stages.rl import freeze_decoder
+    from atp.rl import freeze_decoder
 
     plain, ckpt, splits, tok = latent_pair(tiny_data)
     prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4] for _ in range(4)]

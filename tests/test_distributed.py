@@ -81,7 +81,7 @@ from atp import modeling
 from atp.latent import LatentConfig, LatentReasoner
 from atp.rl import RLConfig, group_advantages, ppo_update, rollout
 from atp.runtime import compute_init, seed_everything
-from atp.stages.rl import freeze_decoder
+from atp.rl import freeze_decoder
 from atp.modeling import load_tokenizer
 from safetensors.torch import save_file
 

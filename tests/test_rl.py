@@ -143,7 +143,7 @@ def test_gradient_diagnostics_measure_each_action_type_and_change_nothing(tiny_d
 
 
 def test_a_grpo_update_changes_the_policy_and_leaves_the_decoder_frozen(tiny_data):
-    from atp.stages.rl import freeze_decoder
+    from atp.rl import freeze_decoder
 
     model, prompts, _ = policy(tiny_data)
     freeze_decoder(model)
@@ -167,7 +167,7 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
     import copy
 
     from atp.modeling import apply_lora
-    from atp.stages.rl import freeze_decoder, grpo_step
+    from atp.rl import freeze_decoder, grpo_step
 
     model, prompts, tok = policy(tiny_data)
     model.backbone = apply_lora(model.backbone, {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
@@ -191,7 +191,7 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
 
 def test_a_frozen_rl_step_rolls_out_and_scores_but_changes_no_weight(tiny_data):
     """The frozen-policy control: the same rollouts and rewards as a training step, no update."""
-    from atp.stages.rl import freeze_decoder, grpo_step
+    from atp.rl import freeze_decoder, grpo_step
 
     model, prompts, tok = policy(tiny_data)
     freeze_decoder(model)
@@ -233,7 +233,9 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "a"), "--checkpoint-dir", str(tmp_path / "ck_a")])
     assert not (tmp_path / "ck_a").exists()  # a finished run leaves no checkpoint to resume from
 
-    real_step, calls = rl_stage.grpo_step, []
+    import atp.rl
+
+    real_step, calls = atp.rl.grpo_step, []
 
     def crash_in_step_three(*args, **kwargs):
         calls.append(1)
@@ -241,10 +243,10 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
             raise KeyboardInterrupt("simulated crash")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(rl_stage, "grpo_step", crash_in_step_three)
+    monkeypatch.setattr(atp.rl, "grpo_step", crash_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
-    monkeypatch.setattr(rl_stage, "grpo_step", real_step)
+    monkeypatch.setattr(atp.rl, "grpo_step", real_step)
     (tmp_path / "b" / "history.jsonl").unlink()  # Snakemake deletes an interrupted job's outputs
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
     for weights in ("latent_heads.safetensors", "model.safetensors"):  # the heads, then the backbone
@@ -259,7 +261,8 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
 
 def test_processes_must_share_the_questions_and_the_minibatch_evenly():
     from atp.config import ConfigError
-    from atp.stages.rl import check_world, rollout_generator
+    from atp.rl import check_world
+    from atp.train import step_generator
 
     check_world(RLConfig(questions=4, group_size=2, minibatch_size=4), 2)
     with pytest.raises(ConfigError, match=r"'rl\.questions'.*3 questions per RL step do not divide among 2 processes"):
@@ -267,6 +270,6 @@ def test_processes_must_share_the_questions_and_the_minibatch_evenly():
     with pytest.raises(ConfigError, match=r"'rl\.minibatch_size'"):
         check_world(RLConfig(questions=4, group_size=3, minibatch_size=3), 2)
     # Rank 0 keeps the one-process draws; other ranks draw differently, and the same again for the same (seed, step, rank).
-    draw = lambda seed, step, rank: torch.rand(4, generator=rollout_generator(seed, step, rank, "cpu"))  # noqa: E731
+    draw = lambda seed, step, rank: torch.rand(4, generator=step_generator(seed, step, rank, "cpu"))  # noqa: E731
     assert torch.equal(draw(1, 5, 0), torch.rand(4, generator=torch.Generator().manual_seed(1 * 1_000_003 + 5)))
     assert not torch.equal(draw(1, 5, 0), draw(1, 5, 1)) and torch.equal(draw(1, 5, 1), draw(1, 5, 1))
