@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: up to 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--decoder", choices=["copy", "small"], default="copy",
-                   help="step decoder: a copy of the backbone (config/paper.yaml) or the small one of SIZES (latent.decoder.copy_backbone false)")
+                   help="step decoder: a copy of the backbone (config/paper.yaml) or the small one of SIZES")
     for name, (full, tiny) in SIZES.items():
         if name != "decoder":
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {full} ({tiny} with --tiny)")

@@ -110,7 +110,8 @@ def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tin
             model={"pretrained": str(folder), "lora": lora_cfg},
             train={"steps": 2, "batch_size": 4, "val_samples": 0, "max_length": 1024},
             latent={"c": 1, "max_steps": 2, "stage_steps": 1,
-                    "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "copy_backbone": copy_decoder}},
+                    "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32,
+                                "copy_backbone": copy_decoder}},
             rl={"questions": 2, "group_size": 2, "minibatch_size": 2, "max_answer_tokens": 3},
             methods={"cot_sft": {"stage": "sft", "format": "cot"}, "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
         ),
@@ -128,6 +129,7 @@ def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tin
     if copy_decoder:  # the copy has the backbone's shapes (vocabulary with the markers), and RL left it as SFT did
         sft_decoder = load_file(tmp_path / "atp" / "model" / "decoder" / "model.safetensors")
         assert model.decoder.config.hidden_size == model.backbone.config.hidden_size
-        assert all(torch.equal(v, sft_decoder[k]) for k, v in load_file(tmp_path / "rl" / "model" / "decoder" / "model.safetensors").items())
+        rl_decoder = load_file(tmp_path / "rl" / "model" / "decoder" / "model.safetensors")
+        assert all(torch.equal(v, sft_decoder[k]) for k, v in rl_decoder.items())
         assert model.decoder.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert model.generate([modeling.prompt_ids(tokenizer, splits["val"][0]["question"])], mode="mu", max_answer_tokens=3)[0]["latents"] <= 2
