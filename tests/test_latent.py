@@ -300,3 +300,17 @@ def test_the_copied_decoder_of_a_lora_backbone_has_the_merged_weights_and_trains
     assert any("lora_" in n for n, _ in model.backbone.named_parameters())
     x = torch.tensor([[1, 2, 3, 4]])
     assert torch.allclose(model.decoder(input_ids=x).logits, model.backbone(input_ids=x).logits, atol=1e-5)
+
+
+def test_the_paper_config_copies_the_backbone_and_the_default_keeps_the_small_decoder():
+    from pathlib import Path
+
+    from atp import config
+
+    root = Path(__file__).resolve().parents[1]
+    default = config.load(root / "config" / "config.yaml")
+    paper = config.load(root / "config" / "config.yaml", root / "config" / "paper.yaml")
+    for method in ("simcot", "atp", "atp_e15"):
+        assert LatentConfig(**{**config.method_latent(paper, method), "variant": "atp"}).decoder_copies_backbone, method
+    assert "copy_backbone" not in config.method_latent(default, "atp")["decoder"]  # the default run's job configs are unchanged
+    assert not LatentConfig(**{**config.method_latent(default, "atp"), "variant": "atp"}).decoder_copies_backbone
