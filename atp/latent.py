@@ -51,6 +51,7 @@ class LatentConfig:
     rescale: str = "none"  # none | embedding_norm: scale each fed-back vector to the mean token-embedding norm
     scale: float = 1.0  # multiplies every fed-back vector (CoLaR's embedding-std factor)
     head_hidden: int | None = None  # width of the latent and stop heads (None: the backbone's)
+    # The step decoder: a small Llama of these sizes, or, with `copy_backbone: true`, a copy of the backbone (the paper's).
     decoder: dict = field(default_factory=lambda: {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128})
     stage_steps: int = 300  # optimizer steps per curriculum stage before the last (the last gets the rest)
     stage_mix: float = 0.0  # chance that an example is drawn at a random earlier curriculum stage
@@ -67,6 +68,11 @@ class LatentConfig:
     @property
     def spec(self) -> Variant:
         return VARIANTS[self.variant]
+
+    @property
+    def decoder_copies_backbone(self) -> bool:
+        """`latent.decoder.copy_backbone`: the step decoder is a copy of the backbone (absent: false, the small decoder)."""
+        return bool(self.decoder.get("copy_backbone", False))
 
     @property
     def slots(self) -> int:
@@ -250,6 +256,24 @@ def build_decoder(cfg: LatentConfig, vocab_size: int, pad_id: int, eos_id: int):
     )
 
 
+def copy_backbone(backbone):
+    """The paper's step decoder: the backbone's architecture with a copy of its current weights, as its own parameters.
+
+    ATP-Latent's and SIM-CoT's code load the step decoder ("explainable LLM") from the same checkpoint as the
+    backbone and train both. Under LoRA the copy is of the effective weights (the adapters merged into a copy;
+    at the start of a stage they are still zero, so that is the base model) and it is a plain model whose every
+    weight trains: LoRA saves the backbone's optimizer state, not the decoder's. Every parameter is a new tensor
+    (deepcopy), so training or freezing one model never touches the other.
+    """
+    import copy
+
+    decoder = copy.deepcopy(backbone)
+    if hasattr(decoder, "merge_and_unload"):  # a peft wrapper: fold the adapters in, drop the wrapper
+        decoder = decoder.merge_and_unload()
+    decoder.requires_grad_(True)
+    return decoder
+
+
 class LatentReasoner(nn.Module):
     """Backbone + latent head + stop head + step decoder, as the variant asks."""
 
@@ -273,8 +297,15 @@ class LatentReasoner(nn.Module):
                 start = self.backbone.get_input_embeddings().weight[self.latent_id].detach().clone()
             self.pause = nn.Parameter(start)
         if spec.decoder:
-            self.decoder = decoder if decoder is not None else build_decoder(cfg, len(tokenizer), self.pad_id, self.eos_id)
-            self.decoder_proj = nn.Linear(d, self.decoder.config.hidden_size)
+            if decoder is None:
+                copied = cfg.decoder_copies_backbone
+                decoder = copy_backbone(self.backbone) if copied else build_decoder(cfg, len(tokenizer), self.pad_id, self.eos_id)
+            self.decoder = decoder
+            # A copied decoder reads the fed-back vectors as they are: they are input embeddings of the backbone, whose
+            # embedding space the copy shares (the paper's code feeds z to it directly). A learned square projection
+            # would start as a random map that hides the copy's knowledge of that space. A smaller decoder needs the
+            # learned projection to its width.
+            self.decoder_proj = nn.Identity() if cfg.decoder_copies_backbone else nn.Linear(d, self.decoder.config.hidden_size)
 
     # ------------------------------------------------------------ pieces
 

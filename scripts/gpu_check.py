@@ -14,7 +14,8 @@ at the sizes of config/paper.yaml:
           of 16, gradient clipping), on prompt + CoT sequences;
   latent  the latent loop of atp.latent.LatentReasoner (variant atp, c=2, S=10: 20 latent slots) via
           run_prefix_and_slots on a batch (forward, as in evaluation and rollouts), and latent-SFT
-          optimizer steps at the last curriculum stage (all 20 slots, step decoder, KL, stop head);
+          optimizer steps at the last curriculum stage (all 20 slots, step decoder, KL, stop head); the
+          step decoder is config/paper.yaml's, a copy of the backbone (--decoder small: the 4 x 1024 one);
   rl      GRPO steps of atp.rl.grpo_step with RLConfig(questions=16, group_size=8,
           minibatch_size=16): 128 rollouts, decoding of every latent step, 8 PPO minibatch updates.
 
@@ -28,7 +29,8 @@ step is the last curriculum stage, the dearest, so that estimate is an upper bou
 --precision: autocast (default on a GPU: fp32 weights and AdamW state, bf16 autocast: what
 train.bf16 does), fp32 (what the RL stage and evaluation run today), bf16 (weights cast to bf16: the
 memory floor, not what the pipeline does). At the default sizes each part holds fp32 weights, gradients
-and AdamW state of 1.2-1.5B parameters (20-24 GB) plus activations; `--parts` runs a subset.
+and AdamW state of 1.2-2.5B parameters (20-40 GB; the latent part with the copied decoder 2.5B) plus
+activations; `--parts` runs a subset.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed part")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: up to 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoder", choices=["copy", "small"], default="copy",
+                   help="step decoder: a copy of the backbone (config/paper.yaml) or the small one of SIZES")
     for name, (full, tiny) in SIZES.items():
         if name != "decoder":
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {full} ({tiny} with --tiny)")
@@ -302,6 +306,11 @@ def latent_records(args, config, tok, n: int, rng: random.Random):
     return records
 
 
+def decoder_settings(args) -> dict:
+    """`latent.decoder` of the check: the small decoder's sizes, with copy_backbone as --decoder says."""
+    return {**SIZES["decoder"][1 if args.tiny else 0], "copy_backbone": args.decoder == "copy"}
+
+
 def new_reasoner(args, config, tok, dist, cfg):
     """A LatentReasoner around a new backbone, on the device, cast to bf16 when --precision bf16."""
     import torch
@@ -322,7 +331,7 @@ def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
     from atp.modeling import count_parameters
 
     rng = random.Random(args.seed + 1)
-    decoder = SIZES["decoder"][1 if args.tiny else 0]
+    decoder = decoder_settings(args)
     # stage_steps=0: every optimizer step at the last curriculum stage (all steps latent, 20 slots), the dearest.
     cfg = LatentConfig(variant="atp", c=2, max_steps=10, beta=1e-3, decoder_weight=1.0, rescale="none", decoder=decoder, stage_steps=0)
     meter.reset()
@@ -376,7 +385,7 @@ def part_rl(args, config, tok, dist, meter, peak, model=None) -> dict:
     rng = random.Random(args.seed + 2)
     meter.reset()
     if model is None:
-        decoder = SIZES["decoder"][1 if args.tiny else 0]
+        decoder = decoder_settings(args)
         model = new_reasoner(args, config, tok, dist, LatentConfig(variant="atp", c=2, max_steps=10, rescale="none", decoder=decoder))
     model = freeze_decoder(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -435,6 +444,7 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "precision": args.precision,
         "tiny": args.tiny,
+        "decoder": args.decoder,
         "peak_tflops": peak,
         "backbone": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")},
         "parts": {},

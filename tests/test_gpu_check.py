@@ -23,3 +23,7 @@ def test_gpu_check_tiny_measures_every_part(tmp_path):
     assert parts["rl"]["rollouts"] == parts["rl"]["questions"] * parts["rl"]["group_size"]
     assert parts["rl"]["updates_per_step"] == parts["rl"]["rollouts"] // parts["rl"]["minibatch_size"]
     assert 0 <= parts["rl"]["latents_per_trajectory"] <= 20
+    # config/paper.yaml's step decoder: a copy of the backbone, as many parameters, none of them trained by RL.
+    params = parts["latent"]["parameters"]
+    assert report["decoder"] == "copy" and params["decoder"] == params["backbone"]
+    assert parts["rl"]["trainable_parameters"] <= params["total"] - params["decoder"]

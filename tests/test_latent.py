@@ -36,7 +36,7 @@ TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediat
 def make(tiny_data, variant: str, **overrides):
     cfg, splits, tok = tiny_data
     seed_everything(0)
-    latent_cfg = LatentConfig(variant=variant, decoder=TINY_DECODER, **overrides)
+    latent_cfg = LatentConfig(variant=variant, **{"decoder": TINY_DECODER, **overrides})
     model = LatentReasoner(modeling.build_model(cfg["model"], tok), latent_cfg, tok)
     records, _ = encode_latent_records(splits["train"][:64], tok, 256, latent_cfg)
     return model, records, tok
@@ -248,3 +248,69 @@ def test_the_paper_configs_rl_start_has_trained_its_stop_head_on_stop_labels():
     with_stop = [k for k in stages if 1 in layout(three_steps, k, cfg, EOS, EOT).stop_labels]
     assert len(with_stop) >= len(stages) // 2  # stages 4..8 of a 3-step record: stop labels for most of the run
     assert layout(three_steps, final_stage, cfg, EOS, EOT).stop_labels == [0, 0, 0] + [1] * (final_stage - 3)
+
+
+# ---------------------------------------------------------------- the paper's decoder: a copy of the backbone
+
+
+def test_the_copied_decoder_starts_as_the_backbone_trains_apart_round_trips_and_rl_freezes_it(tiny_data, tmp_path):
+    """`latent.decoder.copy_backbone`: the backbone's architecture and weights, its own tensors, no projection."""
+    from atp.stages.rl import freeze_decoder
+
+    model, records, tok = make(tiny_data, "atp", c=1, max_steps=3, stage_steps=1, decoder={"copy_backbone": True})
+    assert isinstance(model.decoder_proj, torch.nn.Identity)
+    backbone, decoder = model.backbone.state_dict(), model.decoder.state_dict()
+    assert backbone.keys() == decoder.keys() and model.decoder.config.hidden_size == model.backbone.config.hidden_size
+    assert all(torch.equal(backbone[k], decoder[k]) for k in backbone)
+    shared = {p.data_ptr() for p in model.backbone.parameters()} & {p.data_ptr() for p in model.decoder.parameters()}
+    assert not shared  # its own parameters, not tied to the backbone's
+
+    cfg = to_dataclass(TrainConfig, {**tiny_data[0]["train"], "steps": 3, "log_every": 1, "checkpoint_every": 100}, "train")
+    objective = LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id)
+    start = {k: v.clone() for k, v in decoder.items()}
+    train(model, records, cfg, CPU, 0, tmp_path / "ckpt", objective, Recorder(), {}, lengths=[len(r.prompt) for r in records])
+    backbone, decoder = model.backbone.state_dict(), model.decoder.state_dict()
+    assert any(not torch.equal(start[k], decoder[k]) for k in decoder)  # the decoder trains
+    assert any(not torch.equal(backbone[k], decoder[k]) for k in backbone)  # and moves apart from the backbone
+    save_latent(model, tok, tmp_path / "model", {})
+    loaded, _ = load_latent(tmp_path / "model")
+    assert loaded.cfg.decoder_copies_backbone and isinstance(loaded.decoder_proj, torch.nn.Identity)
+    assert all(torch.equal(v, loaded.decoder.state_dict()[k]) for k, v in decoder.items())
+    assert not list((tmp_path / "model").rglob("*.bin")) and not list((tmp_path / "model").rglob("*.pt"))  # safetensors only
+    feeds = [x["feeds"] for x in model.generate([r.prompt for r in records[:3]], mode="mu")]
+    assert model.decode_steps(feeds, tok) == loaded.decode_steps(feeds, tok)
+
+    policy = freeze_decoder(loaded)
+    assert not any(p.requires_grad for p in policy.decoder.parameters())
+    assert all(p.requires_grad for p in policy.backbone.parameters())
+
+
+def test_the_copied_decoder_of_a_lora_backbone_has_the_merged_weights_and_trains_every_weight(tiny_data):
+    """Under LoRA the copy is a plain model (adapters merged in), every weight trainable; the backbone keeps its adapters."""
+    cfg, _, tok = tiny_data
+    seed_everything(0)
+    backbone = modeling.apply_lora(modeling.build_model(cfg["model"], tok), {**cfg["model"]["lora"], "enabled": True, "r": 2})
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)  # adapters that change the output, as after some training
+    model = LatentReasoner(backbone, LatentConfig(variant="simcot", decoder={"copy_backbone": True}), tok)
+    assert not any("lora_" in n for n, _ in model.decoder.named_parameters())
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    assert any("lora_" in n for n, _ in model.backbone.named_parameters())
+    x = torch.tensor([[1, 2, 3, 4]])
+    assert torch.allclose(model.decoder(input_ids=x).logits, model.backbone(input_ids=x).logits, atol=1e-5)
+
+
+def test_the_paper_config_copies_the_backbone_and_the_default_keeps_the_small_decoder():
+    from pathlib import Path
+
+    from atp import config
+
+    root = Path(__file__).resolve().parents[1]
+    default = config.load(root / "config" / "config.yaml")
+    paper = config.load(root / "config" / "config.yaml", root / "config" / "paper.yaml")
+    for method in ("simcot", "atp", "atp_e15"):
+        assert LatentConfig(**{**config.method_latent(paper, method), "variant": "atp"}).decoder_copies_backbone, method
+    assert "copy_backbone" not in config.method_latent(default, "atp")["decoder"]  # the default run's job configs are unchanged
+    assert not LatentConfig(**{**config.method_latent(default, "atp"), "variant": "atp"}).decoder_copies_backbone

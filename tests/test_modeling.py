@@ -85,9 +85,10 @@ def test_save_and_load_model_merges_lora(tmp_path, tiny_data):
     assert len(tok2) == len(tok)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tiny_data, tmp_path, lora):
-    """The pretrained path through the stage CLIs (offline, a tiny saved Llama): CoT-SFT, the latent stage, RL."""
+@pytest.mark.parametrize("lora, copy_decoder", [(False, False), (True, False), (True, True)])
+def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tiny_data, tmp_path, lora, copy_decoder):
+    """The pretrained path through the stage CLIs (offline, a tiny saved Llama): CoT-SFT, the latent stage, RL;
+    with the small step decoder and with the paper's (a copy of the backbone, `latent.decoder.copy_backbone`)."""
     from safetensors.torch import load_file
 
     from atp import cli, config
@@ -108,7 +109,9 @@ def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tin
         tiny_config(
             model={"pretrained": str(folder), "lora": lora_cfg},
             train={"steps": 2, "batch_size": 4, "val_samples": 0, "max_length": 1024},
-            latent={"c": 1, "max_steps": 2, "stage_steps": 1, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
+            latent={"c": 1, "max_steps": 2, "stage_steps": 1,
+                    "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32,
+                                "copy_backbone": copy_decoder}},
             rl={"questions": 2, "group_size": 2, "minibatch_size": 2, "max_answer_tokens": 3},
             methods={"cot_sft": {"stage": "sft", "format": "cot"}, "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
         ),
@@ -123,4 +126,10 @@ def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tin
         assert not any("lora_" in k for k in weights), stage  # adapters merged on save
     model, tokenizer = load_latent(tmp_path / "rl" / "model")
     assert len(tokenizer) == n_before + 4 and model.backbone.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    if copy_decoder:  # the copy has the backbone's shapes (vocabulary with the markers), and RL left it as SFT did
+        sft_decoder = load_file(tmp_path / "atp" / "model" / "decoder" / "model.safetensors")
+        assert model.decoder.config.hidden_size == model.backbone.config.hidden_size
+        rl_decoder = load_file(tmp_path / "rl" / "model" / "decoder" / "model.safetensors")
+        assert all(torch.equal(v, sft_decoder[k]) for k, v in rl_decoder.items())
+        assert model.decoder.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert model.generate([modeling.prompt_ids(tokenizer, splits["val"][0]["question"])], mode="mu", max_answer_tokens=3)[0]["latents"] <= 2

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The prepared GPU run of issue 13: the device check (scripts/gpu_check.sh, Llama-3.2-1B shapes, about 2-3
+# minutes) and then config/gpu_miniature.yaml through Snakemake on the same GPU, timed, with the device's memory
+# and utilisation sampled every second. What it measured lands in $GPU_RUN_OUT (default: $OUT when set, else
+# results/gpu_run/): gpu_check.json, snakemake.log, nvidia-smi.csv, the run's table.md, benchmarks and logs,
+# summary.txt (wall time, peak device memory, the table).
+#
+#   scripts/gpu_miniature.sh                  # one CUDA GPU, from the repository root
+#   scripts/gpu_miniature.sh --dry-run [snakemake args]   # the dry run with the same flags (no GPU; the tests run it)
+#   SKIP_GPU_CHECK=1 scripts/gpu_miniature.sh # only the miniature
+#
+# PYTHON=<interpreter> picks the environment (default: the project's .venv, else python3); its folder goes first on
+# PATH, since the workflow's rules call `python -m`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-.venv/bin/python}"
+[ -x "$python" ] || python=python3
+python="$(command -v "$python")"
+export PATH="$(dirname "$python"):$PATH"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+flags=(--configfile config/gpu_miniature.yaml --cores 16
+       --set-resources train:gpu=1 evaluate:gpu=1 --resources gpu=4
+       --set-threads train=2 evaluate=2 prepare_data=4)
+
+if [ "${1:-}" = "--dry-run" ]; then
+  exec "$python" -m snakemake -n -p "${flags[@]}" "${@:2}"
+fi
+
+out="${GPU_RUN_OUT:-${OUT:-results/gpu_run}}"
+mkdir -p "$out"
+"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device (--dry-run needs none)')"
+"$python" -c "import torch as t; print(t.__version__, t.cuda.get_device_name(0), 'bf16', t.cuda.is_bf16_supported())" \
+  | tee "$out/device.txt"
+
+if [ -z "${SKIP_GPU_CHECK:-}" ]; then
+  GPU_CHECK_OUT="$out/gpu_check.json" PYTHON="$python" scripts/gpu_check.sh 2>&1 | tee "$out/gpu_check.log"
+fi
+
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader,nounits -l 1 \
+  > "$out/nvidia-smi.csv" 2>/dev/null &
+smi=$!
+trap 'kill "$smi" 2>/dev/null || true' EXIT
+start=$(date +%s)
+status=0
+"$python" -m snakemake "${flags[@]}" > "$out/snakemake.log" 2>&1 || status=$?
+seconds=$(( $(date +%s) - start ))
+kill "$smi" 2>/dev/null || true
+
+run=results/gpu_miniature
+cp -r "$run/table.md" "$run/benchmarks" "$run/logs" "$out/" 2>/dev/null || true
+{
+  echo "config/gpu_miniature.yaml: snakemake exit status $status, ${seconds} s wall"
+  awk -F', ' '{ if ($2 + 0 > peak) peak = $2 + 0; n++; u += $3 }
+    END { if (n) printf "device memory peak %d MiB (all jobs), mean utilisation %.0f%% over %d s\n", peak, u / n, n }' \
+    "$out/nvidia-smi.csv"
+  echo "training jobs (benchmark s):"
+  for f in "$run"/benchmarks/train/*/seed*.tsv; do
+    [ -f "$f" ] && echo "  ${f#"$run"/benchmarks/train/} $(tail -n 1 "$f" | cut -f1)"
+  done
+  [ -f "$run/table.md" ] && cat "$run/table.md"
+} | tee "$out/summary.txt"
+tail -n 30 "$out/snakemake.log"
+exit "$status"

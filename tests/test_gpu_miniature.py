@@ -1,0 +1,74 @@
+"""config/gpu_miniature.yaml, the GPU-sized miniature (issue 13): its sizing claims and its dry run (no GPU needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import PYTHON, ROOT, job_counts
+
+
+def configs():
+    from atp import config
+
+    default = config.load(ROOT / "config" / "config.yaml")
+    gpu = config.load(ROOT / "config" / "config.yaml", ROOT / "config" / "gpu_miniature.yaml")
+    config.check_pipeline(gpu)
+    return default, gpu
+
+
+def backbone_parameters(cfg: dict) -> int:
+    """The built Llama's parameters at the tokenizer's largest vocabulary (on the meta device: nothing allocated)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = cfg["model"]
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(
+            vocab_size=m["vocab_size"], hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
+            num_hidden_layers=m["num_layers"], num_attention_heads=m["num_heads"], num_key_value_heads=m["num_heads"], tie_word_embeddings=m["tie_word_embeddings"],
+        ))
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_the_gpu_miniature_is_about_a_thousand_times_the_cpu_default_in_bf16():
+    """The header's numbers: tens of millions of parameters, ~1000x the compute of CoT-SFT and of the latent stage."""
+    from atp.config import method_rl, method_train
+
+    default, gpu = configs()
+    n_cpu, n_gpu = backbone_parameters(default), backbone_parameters(gpu)
+    assert 10e6 <= n_gpu < 100e6 and round(n_gpu / 1e4) == 3408 and round(n_cpu / 1e3) == 687
+
+    def compute(cfg, method):  # 6N per trained token; the generator's token lengths are the same in both
+        train = method_train(cfg, method)
+        return train["steps"] * train["batch_size"] * backbone_parameters(cfg)
+
+    for method in ("cot_sft", "nocot_sft", "coconut", "simcot", "atp"):
+        assert 900 <= compute(gpu, method) / compute(default, method) <= 1100, method
+    # The controls get as many optimizer steps as ATP-Latent (RL) in all: latent steps + RL steps x updates per step.
+    rl = method_rl(gpu, "atp_rl")
+    updates = method_train(gpu, "atp_rl")["steps"] * rl["questions"] * rl["group_size"] // rl["minibatch_size"]
+    for control in ("nocot_ft", "pause"):
+        assert method_train(gpu, control)["steps"] == method_train(gpu, "atp")["steps"] + updates
+    assert 4 * gpu["latent"]["stage_steps"] == method_train(gpu, "atp")["steps"]  # a quarter per stage, as the default
+    assert gpu["train"]["bf16"] and gpu["eval"]["bf16"] and not default["train"]["bf16"]
+    assert gpu["data"]["train"]["n"] > default["data"]["train"]["n"]
+
+
+@pytest.mark.slow
+def test_the_gpu_miniature_dry_runs_every_method_one_gpu_job_at_a_time_per_slot(tmp_path):
+    """scripts/gpu_miniature.sh --dry-run: the whole DAG, each training a one-process `python -m` job (no accelerate)."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")  # the Snakefile's config/config.yaml is read in the working directory
+    env = {**os.environ, "PYTHON": PYTHON}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_miniature.sh"), "--dry-run", "--directory", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    counts = job_counts(done.stdout)
+    # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent, three RL runs and the frozen RL control.
+    assert counts["train"] == 11 and counts["evaluate"] == 10 and counts["prepare_data"] == 1 and counts["table"] == 1
+    assert done.stdout.count("if [ 1 -gt 1 ]") == 11  # gpu=1 per job: `python -m atp.stages.<stage>`, not accelerate
+    assert "results/gpu_miniature/train/atp/seed0/model" in done.stdout
+    assert not (tmp_path / "results").exists()  # a dry run
