@@ -110,6 +110,49 @@ class Layout:
     stop_labels: list[int]  # per latent step: 1 beyond the real steps
 
 
+def step_boundaries(slots: int, c: int, device=None) -> torch.Tensor:
+    """(slots,) True at the first slot of each latent step (every c-th): where the stop head decides, where a
+    stop label is taken, where a row may stop."""
+    boundary = torch.zeros(slots, dtype=torch.bool, device=device)
+    boundary[::c] = True
+    return boundary
+
+
+@dataclass
+class LatentBatch:
+    """One micro-batch of latent SFT as tensors: aligned prefixes, slot states, suffixes, labels, and each row's Layout."""
+
+    prefix: torch.Tensor  # (B, P) prompt + <bot>, left-padded
+    prefix_mask: torch.Tensor  # (B, P)
+    state: torch.Tensor  # (B, N) ACTIVE / MASKED / ABSENT
+    suffix: torch.Tensor  # (B, T) <eot> + language steps + answer + EOS, right-padded
+    suffix_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T - 1) the suffix's next tokens, IGNORE on padding
+    layouts: list[Layout]
+
+
+@dataclass
+class SlotRun:
+    """What the latent loop leaves for the answer and the losses: its context (cache, mask, next positions), the
+    slot states it ended with, and per slot it ran (n of them, n <= N) what was fed back and drawn, stacked (B, n, ...)."""
+
+    cache: object | None  # the KV cache (None on the uncached reference path, which keeps embeds and positions)
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    mask: torch.Tensor  # (B, P + n) attention mask of the context so far
+    next_pos: torch.Tensor  # (B,) the next position id of each row
+    state: torch.Tensor  # (B, N) ACTIVE / MASKED / ABSENT, stops applied
+    feed: torch.Tensor  # (B, n, d) the vectors fed back
+    z: torch.Tensor | None = None  # (B, n, d) the latents (variants with a latent head)
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    stop_logits: torch.Tensor | None = None  # (B, n, 2) (variants with a stop head)
+
+    @property
+    def slots_run(self) -> int:
+        return self.feed.shape[1]
+
+
 def layout(record: LatentRecord, stage: int, cfg: LatentConfig, eos: int, eot: int) -> Layout:
     """Stage k makes the first k steps latent and gives every record c*k slots (c*S at the last stage).
 
@@ -421,7 +464,7 @@ class LatentReasoner(nn.Module):
         use_cache: bool = True,
         stop_rule: str | None = None,
         forced_z: torch.Tensor | None = None,
-    ) -> dict:
+    ) -> SlotRun:
         """Run `prefix` (left-padded, ending in <bot>) and then the slots one by one.
 
         `slot_state` (B, N) says which slots are ACTIVE, MASKED or ABSENT; with `stop_rule`
@@ -430,7 +473,7 @@ class LatentReasoner(nn.Module):
         sequence for every slot (the reference the cached loop is tested against).
         `forced_z` (B, N, d) replays given latents instead of drawing them (RL).
         Returns the cache (or the full embeddings), the attention mask, the next position
-        of each row and the per-slot latents.
+        of each row and the per-slot latents (a SlotRun).
         """
         spec, c = self.cfg.spec, self.cfg.c
         core = self.core
@@ -447,6 +490,7 @@ class LatentReasoner(nn.Module):
         stopped = torch.zeros(B, dtype=torch.bool, device=prefix.device)
         norm = self.embedding_norm()
         records: dict[str, list[torch.Tensor]] = {"feed": [], "z": [], "mu": [], "logvar": [], "stop_logits": []}
+        boundary = step_boundaries(N, c).tolist()
         if spec.feed == "pause":  # no feedback (and no stop head): every slot at once
             active = (state == ACTIVE).long()
             feeds = self.feed_scale(self.pause, norm).expand(B, N, -1)
@@ -458,14 +502,13 @@ class LatentReasoner(nn.Module):
             else:
                 embeds = torch.cat([embeds, feeds], dim=1)
                 positions = torch.cat([positions, slot_pos], dim=1)
-            records["feed"] = list(feeds.unbind(1))
-            return {"cache": cache, "embeds": embeds, "positions": positions, "mask": mask, "next_pos": next_pos + active.sum(-1), "state": state, "latents": records}
+            return SlotRun(cache, embeds, positions, mask, next_pos + active.sum(-1), state, feeds)
         for j in range(N):
             lat = self.latent(h, norm, mode, generator, None if forced_z is None else forced_z[:, j])
             if spec.stop:
                 logits = self.stop_head(lat["z"])
                 records["stop_logits"].append(logits)
-                if stop_rule is not None and j % c == 0:
+                if stop_rule is not None and boundary[j]:
                     if stop_rule == "argmax":
                         decision = logits.argmax(-1) == 1
                     else:
@@ -490,24 +533,27 @@ class LatentReasoner(nn.Module):
             if stop_rule is not None and bool(stopped.all()):
                 state[:, j + 1 :] = MASKED
                 break
-        return {"cache": cache, "embeds": embeds, "positions": positions, "mask": mask, "next_pos": next_pos, "state": state, "latents": records}
+        stacked = {k: torch.stack(v, 1) if v else None for k, v in records.items()}
+        if stacked["feed"] is None:  # no slot to run
+            stacked["feed"] = h.new_zeros((B, 0, h.shape[-1]))
+        return SlotRun(cache, embeds, positions, mask, next_pos, state, **stacked)
 
-    def run_suffix(self, run: dict, suffix: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    def run_suffix(self, run: SlotRun, suffix: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
         """Logits over `suffix` (right-padded) after the prefix and slots of `run`."""
-        mask = torch.cat([run["mask"], suffix_mask], dim=1)
-        positions = run["next_pos"][:, None] + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([run.mask, suffix_mask], dim=1)
+        positions = run.next_pos[:, None] + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.embed(suffix)
-        if run["cache"] is not None:
-            hidden = self.core(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=run["cache"], use_cache=True).last_hidden_state
+        if run.cache is not None:
+            hidden = self.core(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=run.cache, use_cache=True).last_hidden_state
         else:
-            all_embeds = torch.cat([run["embeds"], embeds], dim=1)
-            all_pos = torch.cat([run["positions"], positions], dim=1)
+            all_embeds = torch.cat([run.embeds, embeds], dim=1)
+            all_pos = torch.cat([run.positions, positions], dim=1)
             hidden = self.core(inputs_embeds=all_embeds, attention_mask=mask, position_ids=all_pos).last_hidden_state[:, -suffix.shape[1] :]
         return self.logits(hidden)
 
     # ------------------------------------------------------------ training
 
-    def batch(self, records: list[LatentRecord], stages: list[int], device) -> dict:
+    def batch(self, records: list[LatentRecord], stages: list[int], device) -> LatentBatch:
         """Tensors of one micro-batch: aligned prefixes, slot states, suffixes and the latent targets."""
         layouts = [layout(r, k, self.cfg, self.eos_id, self.eot_id) for r, k in zip(records, stages)]
         B = len(records)
@@ -522,15 +568,8 @@ class LatentReasoner(nn.Module):
             suffix[b, : len(lay.suffix)] = torch.tensor(lay.suffix)
             suffix_mask[b, : len(lay.suffix)] = 1
         labels = torch.where(suffix_mask.bool(), suffix, torch.full_like(suffix, IGNORE))[:, 1:]
-        return {
-            "prefix": prefix.to(device),
-            "prefix_mask": prefix_mask.to(device),
-            "state": state.to(device),
-            "suffix": suffix.to(device),
-            "suffix_mask": suffix_mask.to(device),
-            "labels": labels.to(device),
-            "layouts": layouts,
-        }
+        return LatentBatch(prefix.to(device), prefix_mask.to(device), state.to(device), suffix.to(device), suffix_mask.to(device),
+                           labels.to(device), layouts)
 
     def decoder_loss_sum(self, feeds: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         """Summed CE of decoding each row's target text (+EOS) from its c fed-back latents (P, c, d)."""
@@ -548,31 +587,31 @@ class LatentReasoner(nn.Module):
         logits = self.decoder(inputs_embeds=embeds, attention_mask=mask).logits[:, c - 1 :]
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum")
 
-    def loss_sums(self, batch: dict) -> dict[str, torch.Tensor]:
+    def loss_sums(self, batch: LatentBatch) -> dict[str, torch.Tensor]:
         """Sums of each loss term over a micro-batch (the objective divides them by batch totals)."""
         spec, c = self.cfg.spec, self.cfg.c
-        run = self.run_prefix_and_slots(batch["prefix"], batch["prefix_mask"], batch["state"])
-        logits = self.run_suffix(run, batch["suffix"], batch["suffix_mask"])[:, :-1]
-        sums = {"ce": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1), ignore_index=IGNORE, reduction="sum")}
-        lat = run["latents"]
-        present = batch["state"] != ABSENT  # (B, N): the row's own slots, real or surplus
-        if spec.kl and lat["mu"]:
-            mu, logvar = torch.stack(lat["mu"], 1), torch.stack(lat["logvar"], 1)
+        run = self.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state)
+        logits = self.run_suffix(run, batch.suffix, batch.suffix_mask)[:, :-1]
+        sums = {"ce": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE, reduction="sum")}
+        present = batch.state != ABSENT  # (B, N): the row's own slots, real or surplus
+        if spec.kl and run.mu is not None:
+            mu, logvar = run.mu, run.logvar
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(-1)
             sums["kl"] = (kl * present).sum()
         if spec.decoder:
-            feeds = torch.stack(lat["feed"], 1)  # (B, N, d)
+            feeds = run.feed  # (B, N, d)
             rows, targets = [], []
-            for b, lay in enumerate(batch["layouts"]):
+            for b, lay in enumerate(batch.layouts):
                 for i, target in enumerate(lay.decoder_targets):
                     rows.append(feeds[b, i * c : (i + 1) * c])
                     targets.append(target)
             sums["dec"] = self.decoder_loss_sum(torch.stack(rows), targets) if rows else feeds.sum() * 0
         if spec.stop:
             logits_stop, labels = [], []
-            for b, lay in enumerate(batch["layouts"]):
+            firsts = step_boundaries(run.slots_run, c).nonzero().squeeze(-1).tolist()  # the slot of each latent step's decision
+            for b, lay in enumerate(batch.layouts):
                 for i, label in enumerate(lay.stop_labels):
-                    logits_stop.append(lat["stop_logits"][i * c][b])
+                    logits_stop.append(run.stop_logits[b, firsts[i]])
                     labels.append(label)
             if logits_stop:
                 sums["stop"] = F.cross_entropy(torch.stack(logits_stop).float(), torch.tensor(labels, device=logits.device), reduction="sum")
@@ -580,7 +619,7 @@ class LatentReasoner(nn.Module):
                 sums["stop"] = logits.sum() * 0
         return sums
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: LatentBatch) -> dict[str, torch.Tensor]:
         return self.loss_sums(batch)
 
     # ------------------------------------------------------------ inference
@@ -598,21 +637,21 @@ class LatentReasoner(nn.Module):
         prefix, prefix_mask = self.prefix(prompts)
         state = torch.full((B, self.cfg.slots), ACTIVE, dtype=torch.long, device=device)
         run = self.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode=mode, generator=generator, stop_rule="argmax" if self.cfg.spec.stop else None)
-        used = (run["state"] == ACTIVE).sum(-1)
-        feeds = torch.stack(run["latents"]["feed"], 1)
+        used = (run.state == ACTIVE).sum(-1)
+        feeds = run.feed
         tokens, taken, _ = self.decode_answer(run, max_answer_tokens)
         ids = answer_ids(tokens, taken, self.eos_id)
         return [{"answer_ids": ids[b], "latents": int(n), "feeds": feeds[b, : int(n)].cpu()} for b, n in enumerate(used)]
 
-    def decode_answer(self, run: dict, max_tokens: int, temperature: float | None = None, generator: torch.Generator | None = None):
+    def decode_answer(self, run: SlotRun, max_tokens: int, temperature: float | None = None, generator: torch.Generator | None = None):
         """The answer after <eot>, one token at a time on the run's cache: greedy, or sampled at `temperature`.
 
         Returns the tokens (B, T; padding after a row's EOS), which of them were taken (through
         the EOS) and, when sampling, each taken token's log-probability (None when greedy).
         """
-        B, device = run["mask"].shape[0], run["mask"].device
+        B, device = run.mask.shape[0], run.mask.device
         token = torch.full((B, 1), self.eot_id, dtype=torch.long, device=device)
-        mask, pos, cache = run["mask"], run["next_pos"], run["cache"]
+        mask, pos, cache = run.mask, run.next_pos, run.cache
         tokens = torch.full((B, max_tokens), self.pad_id, dtype=torch.long, device=device)
         taken = torch.zeros((B, max_tokens), dtype=torch.bool, device=device)
         logps = torch.zeros((B, max_tokens), device=device) if temperature is not None else None

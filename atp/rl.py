@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from atp.latent import ACTIVE, MASKED, LatentReasoner, answer_ids
+from atp.latent import ACTIVE, MASKED, LatentReasoner, SlotRun, answer_ids, step_boundaries
 from atp.train import apply_gradients
 
 if TYPE_CHECKING:
@@ -133,14 +133,11 @@ def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduc
     return per_dim.mean(-1) if reduce == "mean" else per_dim.sum(-1)
 
 
-def _slot_logps(model: LatentReasoner, run: dict, state: torch.Tensor, latent_logp: str = "sum") -> tuple[dict, dict, torch.Tensor]:
+def _slot_logps(model: LatentReasoner, run: SlotRun, state: torch.Tensor, latent_logp: str = "sum") -> tuple[dict, dict, torch.Tensor]:
     """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels."""
-    lat = run["latents"]
-    z, mu, logvar = (torch.stack(lat[k], 1) for k in ("z", "mu", "logvar"))
+    z, mu, logvar = run.z, run.mu, run.logvar
     R, N = state.shape
-    c = model.cfg.c
-    boundary = torch.zeros(N, dtype=torch.bool, device=state.device)
-    boundary[::c] = True
+    boundary = step_boundaries(N, model.cfg.c, state.device)
     masked = state == MASKED
     # The stop slot: the first masked slot (always a step boundary); everything after it is masked too.
     first_masked = torch.where(masked.any(-1), masked.float().argmax(-1), torch.full((R,), N, device=state.device))
@@ -150,7 +147,7 @@ def _slot_logps(model: LatentReasoner, run: dict, state: torch.Tensor, latent_lo
     logps = {"latent": gaussian_logp(z, mu, logvar, latent_logp)}
     masks = {"latent": reached & (cols < N)}
     if model.cfg.spec.stop:
-        stop_logits = torch.stack(lat["stop_logits"], 1).float()
+        stop_logits = run.stop_logits.float()
         logps["stop"] = stop_logits.log_softmax(-1).gather(-1, stop_labels[..., None]).squeeze(-1)
         masks["stop"] = reached & boundary[None]
     return logps, masks, stop_labels
@@ -167,7 +164,7 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     state = torch.full((R, model.cfg.slots), ACTIVE, dtype=torch.long, device=device)
     stop_rule = "sample" if model.cfg.spec.stop else None
     run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule)
-    state = run["state"][:, : len(run["latents"]["z"])]
+    state = run.state[:, : run.slots_run]
     logps, masks, stop_labels = _slot_logps(model, run, state, cfg.latent_logp)
     answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
     masks["answer"] = answer_mask
@@ -175,8 +172,8 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     return Trajectories(
         prompts=list(prompts),
         state=state,
-        z=torch.stack(run["latents"]["z"], 1),
-        feeds=torch.stack(run["latents"]["feed"], 1),
+        z=run.z,
+        feeds=run.feed,
         answer=answer,
         masks=masks,
         stop_labels=stop_labels,

@@ -115,11 +115,11 @@ def test_a_batch_aligns_slots_and_takes_no_loss_on_eot_or_padding(tiny_data):
     model, records, _ = make(tiny_data, "atp", c=2, max_steps=4)
     few = [r for r in records if len(r.steps) == 1][:1] + [r for r in records if len(r.steps) == 3][:1]
     batch = model.batch(few, [2, 2], "cpu")
-    assert batch["state"].tolist() == [[ACTIVE, ACTIVE, MASKED, MASKED], [ACTIVE] * 4]  # c*k slots for every row
-    assert (batch["prefix"][:, -1] == model.bot_id).all()  # left-padded: <bot> in the same column
-    first = batch["layouts"][0].suffix
-    assert batch["labels"][0, : len(first) - 1].tolist() == first[1:]  # the token after <eot> on
-    assert (batch["labels"][0, len(first) - 1 :] == IGNORE).all()
+    assert batch.state.tolist() == [[ACTIVE, ACTIVE, MASKED, MASKED], [ACTIVE] * 4]  # c*k slots for every row
+    assert (batch.prefix[:, -1] == model.bot_id).all()  # left-padded: <bot> in the same column
+    first = batch.layouts[0].suffix
+    assert batch.labels[0, : len(first) - 1].tolist() == first[1:]  # the token after <eot> on
+    assert (batch.labels[0, len(first) - 1 :] == IGNORE).all()
 
 
 # ---------------------------------------------------------------- the loop
@@ -132,11 +132,11 @@ def test_the_cached_loop_equals_full_recomputation(tiny_data, variant):
     model.eval()
     batch = model.batch(records[:6], [4] * 6, "cpu")
     with torch.no_grad():
-        cached = model.run_suffix(model.run_prefix_and_slots(batch["prefix"], batch["prefix_mask"], batch["state"], mode="mu"), batch["suffix"], batch["suffix_mask"])
+        cached = model.run_suffix(model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, mode="mu"), batch.suffix, batch.suffix_mask)
         full = model.run_suffix(
-            model.run_prefix_and_slots(batch["prefix"], batch["prefix_mask"], batch["state"], mode="mu", use_cache=False), batch["suffix"], batch["suffix_mask"]
+            model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, mode="mu", use_cache=False), batch.suffix, batch.suffix_mask
         )
-    valid = batch["suffix_mask"].bool()
+    valid = batch.suffix_mask.bool()
     assert torch.allclose(cached[valid], full[valid], atol=1e-5), (cached[valid] - full[valid]).abs().max()
 
 
@@ -255,7 +255,7 @@ def test_the_paper_configs_rl_start_has_trained_its_stop_head_on_stop_labels():
 
 def test_the_copied_decoder_starts_as_the_backbone_trains_apart_round_trips_and_rl_freezes_it(tiny_data, tmp_path):
     """`latent.decoder.copy_backbone`: the backbone's architecture and weights, its own tensors, no projection."""
-    from atp.stages.rl import freeze_decoder
+    from atp.rl import freeze_decoder
 
     model, records, tok = make(tiny_data, "atp", c=1, max_steps=3, stage_steps=1, decoder={"copy_backbone": True})
     assert isinstance(model.decoder_proj, torch.nn.Identity)
