@@ -115,6 +115,7 @@ def test_each_training_stage_killed_part_way_resumes_to_the_same_result(tmp_path
     assert (reference / "results" / "test" / heads).read_bytes() == (exp / heads).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_tracking_failure_after_training_loses_no_training(tiny_data, tmp_path, monkeypatch):
     """MLflow fails (after its retries) while the stage logs its results: the job fails, the trained
     weights stay in the final checkpoint, and the rerun finishes without training again."""
@@ -218,6 +219,7 @@ with Tracker({"experiment": "test"}, "writer", sys.argv[1], f"writer-{sys.argv[2
 """
 
 
+@pytest.mark.slow
 def test_eight_jobs_log_at_once_to_one_sqlite_store(tmp_path):
     import mlflow
 
@@ -278,6 +280,7 @@ def test_mlflow_ui_instructions_bind_to_localhost():
     assert "mlflow ui --backend-store-uri {store} --host 127.0.0.1" in common
 
 
+@pytest.mark.slow
 def test_a_diverging_stage_exits_with_a_clear_message_and_keeps_its_last_checkpoint(tiny_data, tmp_path):
     """A learning rate of 1e30 blows the loss up: exit code 3, the step named, the last good checkpoint kept."""
     cfg, splits, tok = tiny_data

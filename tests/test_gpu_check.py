@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from conftest import PYTHON, ROOT
 
 
+@pytest.mark.slow
 def test_gpu_check_tiny_measures_every_part(tmp_path):
     out = tmp_path / "check.json"
     subprocess.run([PYTHON, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cpu", "--out", str(out)],

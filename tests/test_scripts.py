@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from conftest import PYTHON, ROOT
 
 
+@pytest.mark.slow
 def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
     from atp import modeling
     from conftest import write_data_dir
@@ -26,6 +29,7 @@ def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
     assert point["setting"] == setting and 0.0 <= point["val_accuracy"] <= 1.0 and "val_accuracy_sample" in point
 
 
+@pytest.mark.slow
 def test_the_kv_cache_benchmark_runs(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([PYTHON, str(ROOT / "scripts" / "bench_latent_loop.py"), "--latents", "2", "--repeats", "1", "--batch", "2", "--out", str(out)],
@@ -51,6 +55,7 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_suite_twins_scores_a_model_on_candidate_suite_settings(tiny_data, tmp_path):
     from atp import modeling
     from conftest import write_data_dir
