@@ -10,6 +10,7 @@ depends on it. Stages turn the sections they read into frozen dataclasses.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, fields
@@ -33,8 +34,36 @@ class ConfigError(ValueError):
 
 
 def _schema() -> dict:
+    """The schema file, with each `x-overrides: <section>` of a method replaced by `overrides` of that section."""
     with open(SCHEMA_PATH, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    method = schema["properties"]["methods"]["additionalProperties"]["properties"]
+    for name, prop in method.items():
+        if "x-overrides" in prop:
+            kept = {k: v for k, v in prop.items() if k in ("default", "description")}
+            method[name] = {**overrides(schema["properties"][prop["x-overrides"]], schema["$defs"]), **kept}
+    return schema
+
+
+def overrides(node: dict, defs: dict) -> dict:
+    """A section's schema for a method's overrides, built from the section's one definition.
+
+    The same keys and checks, nested objects included and closed to unknown keys (a typo such as
+    `methods.atp.latent.decoder.hiden_size` fails validation), but no defaults and nothing required:
+    an override sets only what it names, and a default filled into it would hide the section's value.
+    """
+    if "$ref" in node:
+        node = {**defs[node["$ref"].rpartition("/")[2]], **{k: v for k, v in node.items() if k != "$ref"}}
+    out = {k: v for k, v in node.items() if k not in ("default", "required", "x-overrides")}
+    if "properties" in node:
+        out["properties"] = {k: overrides(v, defs) for k, v in node["properties"].items()}
+        out["additionalProperties"] = False
+    return out
+
+
+def schema_defaults(section: str) -> dict:
+    """The defaults of a top-level section, nested sections included (what `resolve` fills into an empty config)."""
+    return resolve({})[section]
 
 
 def _validator(schema: dict):
@@ -56,13 +85,24 @@ def _validator(schema: dict):
 def resolve(config: dict | None) -> dict:
     """Validate a (partial) pipeline config, fill defaults, run the cross-key checks; return a new dict."""
     config = copy.deepcopy(config or {})
-    errors = sorted(_validator(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator(_schema()).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        error = errors[0]
-        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
-        raise ConfigError(f"config key '{key}': {error.message}")
+        raise ConfigError(_message(errors[0]))
     check(config)
     return config
+
+
+def _message(error) -> str:
+    """A validation error naming the full dotted key; an unknown key also gets the nearest known one."""
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and error.validator_value is False and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            return f"config key '{'.'.join([*path, unknown[0]])}': unknown key ('{unknown[0]}' was unexpected; {hint})"
+    return f"config key '{'.'.join(path) or '<top level>'}': {error.message}"
 
 
 def check(config: dict) -> None:
@@ -343,3 +383,9 @@ class EvalConfig:
     samples: int
     max_answer_tokens: int
     bf16: bool = False
+
+
+if __name__ == "__main__":  # python -m atp.config config/config.yaml [overlay.yaml ...]: every key, defaults filled in
+    import sys
+
+    print(yaml.safe_dump(load(*sys.argv[1:]), sort_keys=False), end="")

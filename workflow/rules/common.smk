@@ -3,14 +3,14 @@ import json
 import os
 import sys
 
-from snakemake.utils import validate
-
 import atp.config
 from atp.runtime import OFFLINE_ENV
 
 
-validate(config, "../schemas/config.schema.yaml")
+# Validated and completed by the same code as a stage run by hand (atp.config.resolve, against
+# workflow/schemas/config.schema.yaml), so a method's overrides are checked key by key, nested keys included.
 try:
+    config.update(atp.config.resolve(config))
     atp.config.check_pipeline(config)
 except atp.config.ConfigError as error:
     raise WorkflowError(f"Invalid config: {error}")
