@@ -118,6 +118,29 @@ def all_suite_metrics(wildcards):
     ]
 
 
+PARENT_RUN = f"results/{EXP}/tracking/parent_run.json"
+_pipeline = {}  # what onstart learnt, for onsuccess/onerror (the same Snakemake process)
+
+
+def pipeline_started():
+    """onstart: a parent run made by an earlier invocation is RUNNING again while this one's jobs run.
+
+    One parent per results/<exp>/ (its parent_run.json is every job's input): a partial rerun adds its
+    child runs to it, and its metrics and table become the new ones. A first run has no parent yet (the
+    tracking job creates it, RUNNING)."""
+    import atp.tracking
+
+    _pipeline["reopened"] = atp.tracking.reopen_parent(PARENT_RUN)
+
+
+def pipeline_ended(status):
+    """onsuccess/onerror: end the parent run, FINISHED with the table's summary metrics, the table and the config, or FAILED."""
+    import atp.tracking
+
+    table = f"results/{EXP}/table"
+    atp.tracking.end_parent(PARENT_RUN, status, f"{table}.csv", f"{table}.md", config=config, reopened=_pipeline.get("reopened"))
+
+
 def finished_message():
     """Where a finished run left its results (printed by `onsuccess`)."""
     uri = config["mlflow"]["tracking_uri"]
