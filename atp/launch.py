@@ -80,7 +80,7 @@ def command(module: str, args: list[str], gpus: int, accelerate: str = "ddp", en
         return [sys.executable, "-m", module, *args]
     config = Path(environ.get("ATP_ACCELERATE_CONFIGS") or ACCELERATE_CONFIGS) / f"{accelerate}.yaml"
     if not config.exists():
-        raise ConfigError(f"resources.accelerate={accelerate}: no accelerate config {config} (workflow/accelerate/ has ddp and fsdp)")
+        raise ConfigError(f"resources.accelerate={accelerate}: no accelerate config {config} (workflow/accelerate/: ddp, fsdp)")
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", str(gpus)]
     return [*launch, "-m", module, *args]
 
@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         p.exit(2, f"error: {exc}\n")
     sys.stdout.flush()
-    os.execv(argv_[0], argv_)  # the job's process becomes the stage (or accelerate's launcher): signals and exit code pass through
+    # The job's process becomes the stage (or accelerate's launcher): signals and the exit status pass through.
+    os.execv(argv_[0], argv_)
 
 
 if __name__ == "__main__":

@@ -68,13 +68,15 @@ def test_a_methods_overrides_are_checked_against_the_section_itself(override, ke
 
 
 def test_an_override_sets_only_what_it_names():
-    cfg = resolve({"methods": {**NESTED, "atp": {**NESTED["atp"], "latent": {"decoder": {"num_layers": 3}}, "train": {"steps": 5}}}})
+    atp = {**NESTED["atp"], "latent": {"decoder": {"num_layers": 3}}, "train": {"steps": 5}}
+    cfg = resolve({"methods": {**NESTED, "atp": atp}})
     assert cfg["methods"]["atp"]["latent"] == {"decoder": {"num_layers": 3}} and cfg["methods"]["atp"]["train"] == {"steps": 5}
     assert config.method_latent(cfg, "atp")["decoder"] == {**cfg["latent"]["decoder"], "num_layers": 3}
 
 
 def test_an_unknown_key_gets_the_nearest_known_one():
-    with pytest.raises(ConfigError, match=re.escape("'methods.atp.latent.decoder.hiden_size': unknown key") + ".*did you mean 'hidden_size'"):
+    expected = re.escape("'methods.atp.latent.decoder.hiden_size': unknown key") + ".*did you mean 'hidden_size'"
+    with pytest.raises(ConfigError, match=expected):
         resolve({"methods": {**NESTED, "atp": {**NESTED["atp"], "latent": {"decoder": {"hiden_size": 8}}}}})
 
 
@@ -119,7 +121,8 @@ def test_the_config_dataclasses_agree_with_the_schema():
             assert python.pop("rewards") is None  # None: RewardConfig's defaults, checked on their own
         for name, value in python.items():
             if name not in extra:
-                assert value == section[name] and type(value) is type(section[name]), f"{cls.__name__}.{name}: {value!r} != {section[name]!r}"
+                where = f"{cls.__name__}.{name}: {value!r} != {section[name]!r}"
+                assert value == section[name] and type(value) is type(section[name]), where
 
 
 def test_the_default_config_restates_no_default():

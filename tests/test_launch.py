@@ -63,9 +63,12 @@ def test_the_launcher_runs_one_process_or_accelerate_on_n(tmp_path):
         command("m", [], 2, "deepspeed", environ={})
     # For real, on one process: the launcher becomes the module (its output and exit status are the module's).
     config = str(ROOT / "config" / "config.yaml")
-    ran = subprocess.run([PYTHON, "-m", "atp.launch", "--gpus", "0", "--accelerate", "ddp", "atp.config", config], capture_output=True, text=True)
-    assert ran.returncode == 0 and ran.stdout == subprocess.run([PYTHON, "-m", "atp.config", config], capture_output=True, text=True).stdout
-    failed = subprocess.run([PYTHON, "-m", "atp.launch", "--gpus", "1", "atp.config", str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+    def run(*argv):
+        return subprocess.run([PYTHON, "-m", *argv], capture_output=True, text=True)
+
+    ran = run("atp.launch", "--gpus", "0", "--accelerate", "ddp", "atp.config", config)
+    assert ran.returncode == 0 and ran.stdout == run("atp.config", config).stdout
+    failed = run("atp.launch", "--gpus", "1", "atp.config", str(tmp_path / "missing.yaml"))
     assert failed.returncode != 0 and "config file not found" in failed.stderr
 
 
