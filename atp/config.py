@@ -1,10 +1,15 @@
-"""Configuration: one schema (workflow/schemas/config.schema.yaml) is the single source of defaults.
+"""Configuration: one schema (workflow/schemas/config.schema.yaml) is the single source of defaults and descriptions.
 
-The pipeline config is validated and completed against it (by Snakemake's
-`validate` in the workflow and by `resolve` here, for stages run by hand and for
-tests). Each job gets a *job config*: the pipeline config cut down to what that
-job reads, so that changing one stage's setting reruns only that stage and what
-depends on it. Stages turn the sections they read into frozen dataclasses.
+The pipeline config is validated and completed against it by `resolve`, in the
+workflow (workflow/rules/common.smk) as for stages run by hand and for tests.
+Each section is defined once; a method's overrides of `train`, `latent` and `rl`
+are checked against that same definition with defaults and requirements stripped
+(`overrides`), so a nested typo fails before any job and an override sets only
+what it names. The config dataclasses keep Python defaults for use from code;
+tests/test_config.py checks they equal the schema's. Each job gets a *job
+config*: the pipeline config cut down to what that job reads, so that changing
+one stage's setting reruns only that stage and what depends on it. Stages turn
+the sections they read into frozen dataclasses.
 """
 
 from __future__ import annotations
@@ -59,11 +64,6 @@ def overrides(node: dict, defs: dict) -> dict:
         out["properties"] = {k: overrides(v, defs) for k, v in node["properties"].items()}
         out["additionalProperties"] = False
     return out
-
-
-def schema_defaults(section: str) -> dict:
-    """The defaults of a top-level section, nested sections included (what `resolve` fills into an empty config)."""
-    return resolve({})[section]
 
 
 def _validator(schema: dict):
