@@ -1,15 +1,21 @@
-"""Configuration: one schema (workflow/schemas/config.schema.yaml) is the single source of defaults.
+"""Configuration: one schema (workflow/schemas/config.schema.yaml) is the single source of defaults and descriptions.
 
-The pipeline config is validated and completed against it (by Snakemake's
-`validate` in the workflow and by `resolve` here, for stages run by hand and for
-tests). Each job gets a *job config*: the pipeline config cut down to what that
-job reads, so that changing one stage's setting reruns only that stage and what
-depends on it. Stages turn the sections they read into frozen dataclasses.
+The pipeline config is validated and completed against it by `resolve`, in the
+workflow (workflow/rules/common.smk) as for stages run by hand and for tests.
+Each section is defined once; a method's overrides of `train`, `latent` and `rl`
+are checked against that same definition with defaults and requirements stripped
+(`overrides`), so a nested typo fails before any job and an override sets only
+what it names. The config dataclasses keep Python defaults for use from code;
+tests/test_config.py checks they equal the schema's. Each job gets a *job
+config*: the pipeline config cut down to what that job reads, so that changing
+one stage's setting reruns only that stage and what depends on it. Stages turn
+the sections they read into frozen dataclasses.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, fields
@@ -33,8 +39,31 @@ class ConfigError(ValueError):
 
 
 def _schema() -> dict:
+    """The schema file, with each `x-overrides: <section>` of a method replaced by `overrides` of that section."""
     with open(SCHEMA_PATH, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        schema = yaml.safe_load(handle)
+    method = schema["properties"]["methods"]["additionalProperties"]["properties"]
+    for name, prop in method.items():
+        if "x-overrides" in prop:
+            kept = {k: v for k, v in prop.items() if k in ("default", "description")}
+            method[name] = {**overrides(schema["properties"][prop["x-overrides"]], schema["$defs"]), **kept}
+    return schema
+
+
+def overrides(node: dict, defs: dict) -> dict:
+    """A section's schema for a method's overrides, built from the section's one definition.
+
+    The same keys and checks, nested objects included and closed to unknown keys (a typo such as
+    `methods.atp.latent.decoder.hiden_size` fails validation), but no defaults and nothing required:
+    an override sets only what it names, and a default filled into it would hide the section's value.
+    """
+    if "$ref" in node:
+        node = {**defs[node["$ref"].rpartition("/")[2]], **{k: v for k, v in node.items() if k != "$ref"}}
+    out = {k: v for k, v in node.items() if k not in ("default", "required", "x-overrides")}
+    if "properties" in node:
+        out["properties"] = {k: overrides(v, defs) for k, v in node["properties"].items()}
+        out["additionalProperties"] = False
+    return out
 
 
 def _validator(schema: dict):
@@ -56,13 +85,24 @@ def _validator(schema: dict):
 def resolve(config: dict | None) -> dict:
     """Validate a (partial) pipeline config, fill defaults, run the cross-key checks; return a new dict."""
     config = copy.deepcopy(config or {})
-    errors = sorted(_validator(_schema()).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator(_schema()).iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        error = errors[0]
-        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
-        raise ConfigError(f"config key '{key}': {error.message}")
+        raise ConfigError(_message(errors[0]))
     check(config)
     return config
+
+
+def _message(error) -> str:
+    """A validation error naming the full dotted key; an unknown key also gets the nearest known one."""
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and error.validator_value is False and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            return f"config key '{'.'.join([*path, unknown[0]])}': unknown key ('{unknown[0]}' was unexpected; {hint})"
+    return f"config key '{'.'.join(path) or '<top level>'}': {error.message}"
 
 
 def check(config: dict) -> None:
@@ -343,3 +383,9 @@ class EvalConfig:
     samples: int
     max_answer_tokens: int
     bf16: bool = False
+
+
+if __name__ == "__main__":  # python -m atp.config config/config.yaml [overlay.yaml ...]: every key, defaults filled in
+    import sys
+
+    print(yaml.safe_dump(load(*sys.argv[1:]), sort_keys=False), end="")

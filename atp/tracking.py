@@ -1,7 +1,10 @@
 """MLflow tracking: one parent run per pipeline, one child run per job.
 
 Nested runs do not work across processes, so every job's run carries the tag
-`mlflow.parentRunId` of the parent run written by the first rule. Only rank 0
+`mlflow.parentRunId` of the parent run written by the first rule. The parent spans
+the pipeline: it stays RUNNING while jobs run, and the workflow's onsuccess/onerror
+handlers end it (`end_parent`), FINISHED with the table's summary metrics and the
+table itself, or FAILED. Only rank 0
 talks to MLflow; other ranks get the same object with tracking switched off, so
 call sites stay unconditional. Metrics are always written under `results/` by
 the stage itself; MLflow is a view on them.
@@ -14,6 +17,7 @@ switches itself off with a warning and the job goes on.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -109,8 +113,8 @@ def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
         uri, experiment_id = _open_experiment(mlflow_cfg)
         git = git_info()
         tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
+        # Left RUNNING: the workflow's onsuccess/onerror end it (end_parent) once the last job is done.
         run = _retry(lambda: mlflow.MlflowClient().create_run(experiment_id, run_name=f"pipeline-{experiment}", tags=tags), "create parent run", uri)
-        _retry(lambda: mlflow.MlflowClient().set_terminated(run.info.run_id), "end parent run", uri)
     except TrackingError as exc:
         if required:
             raise
@@ -121,6 +125,77 @@ def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
     info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri, "required": required}
     write_json(out, info)
     return info
+
+
+def _parent_client(parent_file: str | Path):
+    """(client, parent info) of a pipeline's parent run, or None when there is none (not created yet, or tracking off)."""
+    if not Path(parent_file).exists():
+        return None
+    parent = read_json(parent_file)
+    if parent.get("disabled"):
+        return None
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=parent["tracking_uri"]), parent
+
+
+def reopen_parent(parent_file: str | Path) -> dict | None:
+    """Mark an existing parent run RUNNING again while a later invocation updates the pipeline's results.
+
+    The parent stands for results/<experiment>/ (its parent_run.json is an input of every job), so a rerun
+    of part of the DAG adds its child runs to the same parent rather than to a new one. Returns the run id
+    and the status it had, for `end_parent` (None: no parent yet, or tracking off)."""
+    found = _parent_client(parent_file)
+    if found is None:
+        return None
+    client, parent = found
+    try:
+        status = _retry(lambda: client.get_run(parent["run_id"]).info.status, "read parent run", parent["tracking_uri"])
+        _retry(lambda: client.update_run(parent["run_id"], status="RUNNING"), "reopen parent run", parent["tracking_uri"])
+    except TrackingError as exc:
+        log.warning("%s; the parent run's status is not updated", exc)
+        return None
+    return {"run_id": parent["run_id"], "status": status}
+
+
+def end_parent(parent_file: str | Path, status: str, table_csv: str | Path | None = None, table_md: str | Path | None = None,
+               config: dict | None = None, reopened: dict | None = None) -> str | None:
+    """End the pipeline's parent run with `status` (FINISHED or FAILED, from Snakemake's onsuccess/onerror).
+
+    On success the parent also gets the table's summary metrics (`table/<method>/avg_acc` and `avg_tokens`,
+    as the table job logs them) and the table and resolved pipeline config as artifacts, so that MLflow's
+    runs table compares pipelines at a glance. A parent reopened at the start of this invocation but
+    replaced meanwhile (the tracking rule reran) gets its old status back. A store that cannot be reached
+    here only warns: every job has finished (or failed) already and results/ holds everything.
+    Returns the ended run's id (None: no parent, or tracking off)."""
+    found = _parent_client(parent_file)
+    if found is None:
+        return None
+    client, parent = found
+    run_id, where = parent["run_id"], parent["tracking_uri"]
+    try:
+        if reopened and reopened["run_id"] != run_id:
+            _retry(lambda: client.update_run(reopened["run_id"], status=reopened["status"]), "restore replaced parent run", where)
+        if status == "FINISHED" and table_csv is not None and Path(table_csv).exists():
+            from mlflow.entities import Metric
+
+            from atp.stages.table import summary_metrics
+
+            with open(table_csv, encoding="utf-8", newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            now = int(time.time() * 1000)
+            metrics = [Metric(k, v, now, 0) for k, v in summary_metrics(rows).items()]
+            _retry(lambda: client.log_batch(run_id, metrics=metrics), "log parent metrics", where)
+            for path in (table_md, table_csv):
+                if path is not None and Path(path).exists():
+                    _retry(lambda: client.log_artifact(run_id, str(path)), "log parent artifact", where)
+            if config is not None:
+                _retry(lambda: client.log_dict(run_id, config, "config.yaml"), "log parent config", where)
+        _retry(lambda: client.set_terminated(run_id, status=status), "end parent run", where)
+    except TrackingError as exc:
+        log.warning("%s; the parent run is not ended", exc)
+        return None
+    return run_id
 
 
 def data_tags(card_path: Path) -> dict[str, str]:

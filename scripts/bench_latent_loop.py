@@ -31,16 +31,16 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    import yaml
 
     from atp import modeling
+    from atp.config import load
     from atp.data.synthetic import SuiteSpec, generate_split
     from atp.latent import ACTIVE, LatentConfig, LatentReasoner
     from atp.text import cot_target, prompt_text
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = load(ROOT / "config" / "config.yaml")  # resolved: the model sizes are the schema's defaults
     problems = generate_split("bench", SuiteSpec(n=400), seed=0, exclude=set())
     tokenizer = modeling.build_tokenizer((prompt_text(r["question"]) + cot_target(r["steps"], r["answer"]) for r in problems), config["model"]["vocab_size"])
     backbone = modeling.build_model({**config["model"], "pretrained": None}, tokenizer)

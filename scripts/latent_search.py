@@ -80,9 +80,9 @@ def main() -> None:
     if args.init:
         backbone = modeling.load_model(args.init)[0]
     else:
-        import yaml
+        from atp.config import load
 
-        model_cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())["model"]
+        model_cfg = load(Path(__file__).resolve().parents[1] / "config" / "config.yaml")["model"]
         backbone = modeling.build_model({**model_cfg, **{k[6:]: v for k, v in setting.items() if k.startswith("model_")}}, tokenizer)
     ckpt = Path(args.checkpoint_dir or f"/tmp/latent_search_{abs(hash(args.setting))}")
     started = time.time()

@@ -1,11 +1,15 @@
 """Config validation: defaults, errors that name the key, job configs."""
 
 import re
+import subprocess
+from dataclasses import MISSING, fields
 
 import pytest
+import yaml
 
 from atp import config
-from atp.config import ConfigError, TrainConfig, job_config, resolve, to_dataclass
+from atp.config import ConfigError, EvalConfig, TrainConfig, job_config, resolve, to_dataclass
+from conftest import PYTHON, ROOT, snakemake
 
 
 def test_defaults_fill_an_empty_config():
@@ -20,7 +24,7 @@ def test_defaults_fill_an_empty_config():
 @pytest.mark.parametrize(
     ("raw", "key"),
     [
-        ({"trian": {}}, "<top level>"),
+        ({"trian": {}}, "'trian'"),
         ({"train": {"lr": -1.0}}, "train.lr"),
         ({"train": {"steps": "many"}}, "train.steps"),
         ({"data": {"train": {"n": -5}}}, "data.train.n"),
@@ -43,6 +47,108 @@ def test_errors_name_the_key(raw, key):
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match="'trian' was unexpected"):
         resolve({"trian": {}})
+
+
+NESTED = {"cot_sft": {"stage": "sft"}, "atp": {"stage": "latent_sft", "variant": "atp", "init": "cot_sft"}}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"latent": {"decoder": {"hiden_size": 8}}}, "methods.atp.latent.decoder.hiden_size"),
+        ({"latent": {"decoder": {"hidden_size": 4}}}, "methods.atp.latent.decoder.hidden_size"),
+        ({"train": {"stpes": 8}}, "methods.atp.train.stpes"),
+        ({"latent": {"rescale": "l2"}}, "methods.atp.latent.rescale"),
+    ],
+)
+def test_a_methods_overrides_are_checked_against_the_section_itself(override, key):
+    """One definition per section: a method's overrides take its keys and ranges, nested ones included."""
+    with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+        resolve({"methods": {**NESTED, "atp": {**NESTED["atp"], **override}}})
+
+
+def test_an_override_sets_only_what_it_names():
+    atp = {**NESTED["atp"], "latent": {"decoder": {"num_layers": 3}}, "train": {"steps": 5}}
+    cfg = resolve({"methods": {**NESTED, "atp": atp}})
+    assert cfg["methods"]["atp"]["latent"] == {"decoder": {"num_layers": 3}} and cfg["methods"]["atp"]["train"] == {"steps": 5}
+    assert config.method_latent(cfg, "atp")["decoder"] == {**cfg["latent"]["decoder"], "num_layers": 3}
+
+
+def test_an_unknown_key_gets_the_nearest_known_one():
+    expected = re.escape("'methods.atp.latent.decoder.hiden_size': unknown key") + ".*did you mean 'hidden_size'"
+    with pytest.raises(ConfigError, match=expected):
+        resolve({"methods": {**NESTED, "atp": {**NESTED["atp"], "latent": {"decoder": {"hiden_size": 8}}}}})
+
+
+def test_a_nested_override_typo_fails_the_dry_run_naming_the_key(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text((ROOT / "config" / "config.yaml").read_text())
+    result = snakemake(tmp_path, "-n", extra_config="methods: {atp: {latent: {decoder: {hiden_size: 8}}}}\n", check=False)
+    assert result.returncode != 0
+    assert "config key 'methods.atp.latent.decoder.hiden_size': unknown key" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()  # before any job
+
+
+def _python_defaults(cls) -> dict:
+    """A dataclass's Python defaults (fields without one left out: the schema's default is the only one)."""
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def test_the_config_dataclasses_agree_with_the_schema():
+    """The dataclasses keep Python defaults for use from code; they must be the schema's, field for field."""
+    from atp.latent import LatentConfig
+    from atp.rewards import RewardConfig
+    from atp.rl import RLConfig
+
+    defaults = resolve({})
+    sections = [
+        (LatentConfig, defaults["latent"], {"variant"}),  # the variant is the method's, not the section's
+        (RLConfig, defaults["rl"], set()),
+        (RewardConfig, defaults["rl"]["rewards"], set()),
+        (TrainConfig, defaults["train"], set()),
+        (EvalConfig, defaults["eval"], set()),
+    ]
+    for cls, section, extra in sections:
+        assert {f.name for f in fields(cls)} - extra == set(section), cls.__name__
+        python = _python_defaults(cls)
+        if cls is RLConfig:
+            assert python.pop("rewards") is None  # None: RewardConfig's defaults, checked on their own
+        for name, value in python.items():
+            if name not in extra:
+                where = f"{cls.__name__}.{name}: {value!r} != {section[name]!r}"
+                assert value == section[name] and type(value) is type(section[name]), where
+
+
+def test_the_default_config_restates_no_default():
+    """config/config.yaml holds what the miniature sets differently (its splits and methods aside): one value, one place."""
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    defaults = resolve({})
+    definition = (["methods"], ["data", "train"], ["data", "val"], ["data", "suites"])
+
+    def repeats(section, default, path):
+        for key, value in section.items():
+            if path + [key] in definition:
+                continue
+            if isinstance(value, dict):
+                yield from repeats(value, default[key], path + [key])
+            elif value == default[key]:
+                yield ".".join(path + [key])
+
+    assert not list(repeats(raw, defaults, []))
+    for key in ("latent", "rl"):
+        assert raw[key], key  # and it does set something: the test reads the right file
+
+
+def test_the_resolved_config_prints_from_the_command_line():
+    command = [PYTHON, "-m", "atp.config", str(ROOT / "config" / "config.yaml")]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert yaml.safe_load(printed) == config.load(ROOT / "config" / "config.yaml")
 
 
 def test_job_configs_hold_only_what_the_job_reads():

@@ -158,14 +158,15 @@ def test_a_tracking_failure_after_training_loses_no_training(tiny_data, tmp_path
 @pytest.mark.parametrize(
     ("overlay", "named"),
     [
-        ("trian: {steps: 3}\n", "'trian' was unexpected"),
-        ("train: {steps: many}\n", "On instance['train']['steps']"),
-        ("train: {lr: -1.0}\n", "On instance['train']['lr']"),
-        ("latent: {c: 0}\n", "On instance['latent']['c']"),
-        ("rl: {group_size: 1}\n", "On instance['rl']['group_size']"),
+        ("trian: {steps: 3}\n", "config key 'trian': unknown key ('trian' was unexpected; did you mean 'train'?)"),
+        ("train: {steps: many}\n", "config key 'train.steps': 'many' is not of type 'integer'"),
+        ("train: {lr: -1.0}\n", "config key 'train.lr': -1.0 is less than or equal to the minimum of 0"),
+        ("latent: {c: 0}\n", "config key 'latent.c': 0 is less than the minimum of 1"),
+        ("rl: {group_size: 1}\n", "config key 'rl.group_size': 1 is less than the minimum of 2"),
+        ("methods: {atp: {latent: {decoder: {hiden_size: 8}}}}\n", "config key 'methods.atp.latent.decoder.hiden_size': unknown key"),
         ("data: {train: {source: file, format: contract, path: missing/train.jsonl}}\n", "'data.train.path': file not found: missing/train.jsonl"),
     ],
-    ids=["unknown-key", "wrong-type", "negative-lr", "c-zero", "group-size-one", "missing-file"],
+    ids=["unknown-key", "wrong-type", "negative-lr", "c-zero", "group-size-one", "nested-override-typo", "missing-file"],
 )
 def test_a_bad_config_fails_before_any_job_naming_the_key(tmp_path, overlay, named):
     shutil.copytree(ROOT / "config", tmp_path / "config")

@@ -46,18 +46,40 @@ def test_check_launch_refuses_deepspeed_and_fsdp_for_rl():
     assert strategy(1, {}) == strategy(1, {"ACCELERATE_USE_FSDP": "true"}) == "single"
 
 
+def test_the_launcher_runs_one_process_or_accelerate_on_n(tmp_path):
+    """atp.launch picks the launcher from the gpu resource: this interpreter for 0 or 1, accelerate launch for more."""
+    from atp.config import ConfigError
+    from atp.launch import ACCELERATE_CONFIGS, command
+
+    args = ["--config", "job.yaml", "--seed", "0"]
+    for gpus in (0, 1):
+        assert command("atp.stages.sft", args, gpus, environ={}) == [PYTHON, "-m", "atp.stages.sft", *args]
+    launch = command("atp.stages.rl", args, 4, "fsdp", environ={})
+    assert launch == [PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / "fsdp.yaml"),
+                      "--num_processes", "4", "-m", "atp.stages.rl", *args]
+    (tmp_path / "mine.yaml").write_text("distributed_type: MULTI_GPU\n")
+    assert command("m", [], 2, "mine", environ={"ATP_ACCELERATE_CONFIGS": str(tmp_path)})[4] == str(tmp_path / "mine.yaml")
+    with pytest.raises(ConfigError, match="resources.accelerate=deepspeed"):
+        command("m", [], 2, "deepspeed", environ={})
+    # For real, on one process: the launcher becomes the module (its output and exit status are the module's).
+    config = str(ROOT / "config" / "config.yaml")
+    def run(*argv):
+        return subprocess.run([PYTHON, "-m", *argv], capture_output=True, text=True)
+
+    ran = run("atp.launch", "--gpus", "0", "--accelerate", "ddp", "atp.config", config)
+    assert ran.returncode == 0 and ran.stdout == run("atp.config", config).stdout
+    failed = run("atp.launch", "--gpus", "1", "atp.config", str(tmp_path / "missing.yaml"))
+    assert failed.returncode != 0 and "config file not found" in failed.stderr
+
+
 @pytest.mark.slow
-def test_the_dry_run_launches_multi_gpu_training_through_accelerate(workdir):
-    accelerate = "accelerate launch --config_file $ATP_ACCELERATE_CONFIGS/ddp.yaml --num_processes 2 -m"
+def test_the_dry_run_launches_training_through_one_command(workdir):
     out = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=2")
-    assert out.count(accelerate) == 6  # the 6 trainings of the test config (the frozen RL control too), each through accelerate
+    assert out.count("python -m atp.launch --gpus 2 --accelerate ddp atp.stages.") == 6  # the 6 trainings of the test config
     fsdp = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=4", "train:accelerate=fsdp")
-    assert "--config_file $ATP_ACCELERATE_CONFIGS/fsdp.yaml --num_processes 4 -m" in fsdp
-    # One GPU (or none, the rule's default): `python -m`, never accelerate.
-    for extra in ([], ["--set-resources", "train:gpu=1"]):
-        out = snakemake(workdir, "-n", "-p", *extra)
-        assert "if [ 0 -gt 1 ]" in out or "if [ 1 -gt 1 ]" in out
-        assert "accelerate launch --config_file" in out  # the (untaken) branch is part of the printed command
+    assert "python -m atp.launch --gpus 4 --accelerate fsdp atp.stages.sft" in fsdp
+    out = snakemake(workdir, "-n", "-p")
+    assert out.count("python -m atp.launch --gpus 0 --accelerate ddp atp.stages.") == 6 and " if [" not in out
 
 
 @pytest.mark.slow

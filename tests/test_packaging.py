@@ -38,7 +38,8 @@ def _readme_commands():
 
 def test_ci_runs_exactly_the_readme_test_command():
     commands = _readme_commands()
-    install_and_run, install_and_test = commands[0], commands[1]
+    demo, install_and_run, install_and_test = commands[:3]
+    assert demo.endswith(".venv/bin/snakemake --configfile .test/config/config.yaml") and "pip install" in demo  # the test-size demo first
     assert "snakemake" in install_and_run and "pip install" in install_and_run
     assert "pytest" in install_and_test and "pip install" in install_and_test
     ci = (ROOT / ".ci" / "run").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -76,6 +77,18 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
         assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
         if tags["stage"].startswith(("sft", "evaluate")):
             assert tags["seed"] == "0" and "method=" in tags["wildcards"]
+    # The parent spans the pipeline and ends FINISHED after its last job (onsuccess), holding the table's
+    # summary metrics (the table job's, read back from table.csv), the table and the resolved config.
+    parent_run = client.get_run(parent["run_id"])
+    assert parent_run.info.status == "FINISHED"
+    assert parent_run.info.start_time <= min(r.info.start_time for r in children)
+    assert parent_run.info.end_time >= max(r.info.end_time for r in children)
+    with open(pipeline / "results" / "test" / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    summary = {f"table/{r['method']}/{k}": float(r[k]) for r in rows for k in ("avg_acc", "avg_tokens")}
+    table_run = next(r for r in children if r.data.tags["stage"] == "table")
+    assert len(summary) == 10 and parent_run.data.metrics == summary == table_run.data.metrics
+    assert {a.path for a in client.list_artifacts(parent["run_id"])} == {"table.md", "table.csv", "config.yaml"}
     train = next(r for r in children if r.data.tags["stage"] == "sft_cot")
     assert "train/loss" in train.data.metrics and train.data.params["train.steps"] == "12"
     history = client.get_metric_history(train.info.run_id, "train/loss")
@@ -180,6 +193,41 @@ def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
     assert counts.get("train") == 2 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1  # atp_rl, its frozen control
+
+
+def test_a_later_run_reopens_the_same_parent_and_ends_it_again(pipeline):
+    """A partial rerun adds its jobs to the parent of results/test/ (RUNNING while they run) and ends it again
+    with the new table's metrics; a run with nothing to do leaves it alone."""
+    import mlflow
+
+    parent = json.loads((pipeline / "results" / "test" / "tracking" / "parent_run.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
+    before = client.get_run(parent["run_id"]).info
+    snakemake(pipeline)  # nothing to do: no hook runs
+    assert client.get_run(parent["run_id"]).info.end_time == before.end_time
+    snakemake(pipeline, "--forcerun", "table")
+    assert json.loads((pipeline / "results" / "test" / "tracking" / "parent_run.json").read_text())["run_id"] == parent["run_id"]
+    after = client.get_run(parent["run_id"]).info
+    assert after.status == "FINISHED" and after.end_time > before.end_time
+    children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
+    tables = [r for r in children if r.data.tags["stage"] == "table"]
+    assert len(tables) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert len(client.get_metric_history(parent["run_id"], "table/atp/avg_acc")) == 2
+
+
+def test_a_failed_job_ends_the_parent_run_failed(tmp_path):
+    """onerror: the parent run says FAILED (here data prep cannot load a model that is not on this machine)."""
+    import mlflow
+
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    bad = "model: {pretrained: no-such-org/no-such-model}\n"
+    result = snakemake(tmp_path, "results/test/data/card.json", extra_config=bad, check=False)
+    assert result.returncode != 0
+    parent = json.loads((tmp_path / "results" / "test" / "tracking" / "parent_run.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
+    assert client.get_run(parent["run_id"]).info.status == "FAILED"
+    assert "offline mode" in (tmp_path / "results" / "test" / "logs" / "prepare_data.log").read_text()  # the hub is off
+    assert not client.list_artifacts(parent["run_id"])  # no table: nothing logged on failure
 
 
 def test_a_method_can_train_with_fewer_seeds_and_the_others_start_from_its_first(tmp_path):

@@ -80,6 +80,16 @@ def aggregate(metrics: list[dict], methods: dict) -> "object":
     return pd.DataFrame(rows).round(4), suites
 
 
+def summary_metrics(rows) -> dict[str, float]:
+    """Each row's four-suite average accuracy and tokens, as MLflow metrics: the table job's run and the
+    pipeline's parent run (atp.tracking.end_parent, which reads them back from table.csv) carry the same."""
+    metrics = {}
+    for row in rows:
+        metrics[f"table/{row['method']}/avg_acc"] = float(row["avg_acc"])
+        metrics[f"table/{row['method']}/avg_tokens"] = float(row["avg_tokens"])
+    return metrics
+
+
 def markdown(frame, suites: list[str], provenance: str, methods: dict | None = None) -> str:
     header = ["Method"] + [f"{s} acc (%)" for s in suites] + ["avg acc (%)"] + [f"{s} #tok" for s in suites] + ["avg #tok"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -167,8 +177,7 @@ def main(args, config: dict) -> None:
     frame.to_csv(args.out_csv, index=False)
     log.info("wrote %s and %s", args.out_md, args.out_csv)
     with Tracker(config, "table", args.parent, "table", {"rule": args.rule or "table"}, enabled=not args.no_tracking) as tracker:
-        for _, row in frame.iterrows():
-            tracker.log_metrics({f"table/{row['method']}/avg_acc": row["avg_acc"], f"table/{row['method']}/avg_tokens": row["avg_tokens"]})
+        tracker.log_metrics(summary_metrics(frame.to_dict("records")))
         tracker.log_artifact(args.out_md)
         tracker.log_artifact(args.out_csv)
 

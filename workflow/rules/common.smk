@@ -3,14 +3,14 @@ import json
 import os
 import sys
 
-from snakemake.utils import validate
-
 import atp.config
 from atp.runtime import OFFLINE_ENV
 
 
-validate(config, "../schemas/config.schema.yaml")
+# Validated and completed by the same code as a stage run by hand (atp.config.resolve, against
+# workflow/schemas/config.schema.yaml), so a method's overrides are checked key by key, nested keys included.
 try:
+    config.update(atp.config.resolve(config))
     atp.config.check_pipeline(config)
 except atp.config.ConfigError as error:
     raise WorkflowError(f"Invalid config: {error}")
@@ -116,6 +116,29 @@ def all_suite_metrics(wildcards):
         for seed in method_seeds(m)
         for suite in SUITES
     ]
+
+
+PARENT_RUN = f"results/{EXP}/tracking/parent_run.json"
+_pipeline = {}  # what onstart learnt, for onsuccess/onerror (the same Snakemake process)
+
+
+def pipeline_started():
+    """onstart: a parent run made by an earlier invocation is RUNNING again while this one's jobs run.
+
+    One parent per results/<exp>/ (its parent_run.json is every job's input): a partial rerun adds its
+    child runs to it, and its metrics and table become the new ones. A first run has no parent yet (the
+    tracking job creates it, RUNNING)."""
+    import atp.tracking
+
+    _pipeline["reopened"] = atp.tracking.reopen_parent(PARENT_RUN)
+
+
+def pipeline_ended(status):
+    """onsuccess/onerror: end the parent run, FINISHED with the table's summary metrics, the table and the config, or FAILED."""
+    import atp.tracking
+
+    table = f"results/{EXP}/table"
+    atp.tracking.end_parent(PARENT_RUN, status, f"{table}.csv", f"{table}.md", config=config, reopened=_pipeline.get("reopened"))
 
 
 def finished_message():

@@ -12,7 +12,7 @@ rule job_config:
     conda:
         "../envs/atp.yaml"
     shell:
-        "python -m atp.write_config --json {params.cfg:q} --out {output} > {log} 2>&1"
+        "python -m atp.stages.write_config --json {params.cfg:q} --out {output} > {log} 2>&1"
 
 
 rule tracking:

@@ -24,7 +24,7 @@ rule train:
         checkpoints="results/{exp}/checkpoints/{method}/seed{seed}",
     threads: 1
     resources:
-        # GPUs of the job (0: the CPU miniature). With more than one the job starts that many processes
+        # GPUs of the job (0: the CPU miniature). With more than one, atp.launch starts that many processes
         # through `accelerate launch` (data-parallel); set it per run or profile, e.g.
         # --set-resources train:gpu=4. Resources are no rerun trigger: changing them reruns nothing.
         gpu=0,
@@ -34,10 +34,8 @@ rule train:
     conda:
         "../envs/atp.yaml"
     shell:
-        "if [ {resources.gpu} -gt 1 ]; then"
-        " launch=\"accelerate launch --config_file $ATP_ACCELERATE_CONFIGS/{resources.accelerate}.yaml --num_processes {resources.gpu} -m\";"
-        " else launch='python -m'; fi;"
-        " $launch atp.stages.{params.stage} --config {input.config} --method {wildcards.method}"
+        "python -m atp.launch --gpus {resources.gpu} --accelerate {resources.accelerate}"
+        " atp.stages.{params.stage} --config {input.config} --method {wildcards.method}"
         " --seed {wildcards.seed} --data-dir {params.data_dir} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoints} {params.init} --threads {threads}"
         " --parent {input.parent} --rule train --wildcards 'method={wildcards.method},seed={wildcards.seed}'"
