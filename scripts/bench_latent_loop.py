@@ -36,6 +36,7 @@ def main() -> None:
     from atp.config import load
     from atp.data.synthetic import SuiteSpec, generate_split
     from atp.latent import ACTIVE, LatentConfig, LatentReasoner
+    from atp.latent.reference import recomputed_logits
     from atp.text import cot_target, prompt_text
 
     torch.set_num_threads(args.threads)
@@ -56,8 +57,10 @@ def main() -> None:
         def once(cache: bool, backward: bool) -> float:
             started = time.perf_counter()
             with torch.set_grad_enabled(backward):
-                run = model.run_prefix_and_slots(prefix, mask, state, use_cache=cache)
-                logits = model.run_suffix(run, suffix, suffix_mask)
+                if cache:
+                    logits = model.run_suffix(model.run_prefix_and_slots(prefix, mask, state), suffix, suffix_mask)
+                else:
+                    logits = recomputed_logits(model, prefix, mask, state, suffix, suffix_mask, mode="sample")
                 if backward:
                     logits.float().logsumexp(-1).mean().backward()
                     model.zero_grad(set_to_none=True)

@@ -23,8 +23,10 @@ from atp.latent import (
     encode_latent_records,
     layout,
     load_latent,
+    make_batch,
     save_latent,
 )
+from atp.latent.reference import recomputed_logits
 from atp.runtime import Dist, seed_everything
 from atp.train import train
 from conftest import Recorder
@@ -114,7 +116,7 @@ def test_steps_beyond_s_join_the_last_decoder_target():
 def test_a_batch_aligns_slots_and_takes_no_loss_on_eot_or_padding(tiny_data):
     model, records, _ = make(tiny_data, "atp", c=2, max_steps=4)
     few = [r for r in records if len(r.steps) == 1][:1] + [r for r in records if len(r.steps) == 3][:1]
-    batch = model.batch(few, [2, 2], "cpu")
+    batch = make_batch(model, few, [2, 2], "cpu")
     assert batch.state.tolist() == [[ACTIVE, ACTIVE, MASKED, MASKED], [ACTIVE] * 4]  # c*k slots for every row
     assert (batch.prefix[:, -1] == model.bot_id).all()  # left-padded: <bot> in the same column
     first = batch.layouts[0].suffix
@@ -130,12 +132,10 @@ def test_the_cached_loop_equals_full_recomputation(tiny_data, variant):
     """Tolerance 1e-5: the two paths sum the same float32 products in a different order."""
     model, records, _ = make(tiny_data, variant, c=2, max_steps=4)
     model.eval()
-    batch = model.batch(records[:6], [4] * 6, "cpu")
+    batch = make_batch(model, records[:6], [4] * 6, "cpu")
     with torch.no_grad():
         cached = model.run_suffix(model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, mode="mu"), batch.suffix, batch.suffix_mask)
-        full = model.run_suffix(
-            model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, mode="mu", use_cache=False), batch.suffix, batch.suffix_mask
-        )
+        full = recomputed_logits(model, batch.prefix, batch.prefix_mask, batch.state, batch.suffix, batch.suffix_mask, mode="mu")
     valid = batch.suffix_mask.bool()
     assert torch.allclose(cached[valid], full[valid], atol=1e-5), (cached[valid] - full[valid]).abs().max()
 

@@ -1,0 +1,148 @@
+"""The latent-SFT objective: one micro-batch as tensors, the loss terms' sums, and their normalisation."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from atp.latent.layout import ABSENT, Layout, LatentConfig, LatentRecord, layout, step_boundaries
+from atp.train import IGNORE
+
+if TYPE_CHECKING:
+    from atp.latent.reasoner import LatentReasoner
+
+
+@dataclass
+class LatentBatch:
+    """One micro-batch of latent SFT as tensors: aligned prefixes, slot states, suffixes, labels, and each row's Layout."""
+
+    prefix: torch.Tensor  # (B, P) prompt + <bot>, left-padded
+    prefix_mask: torch.Tensor  # (B, P)
+    state: torch.Tensor  # (B, N) ACTIVE / MASKED / ABSENT
+    suffix: torch.Tensor  # (B, T) <eot> + language steps + answer + EOS, right-padded
+    suffix_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T - 1) the suffix's next tokens, IGNORE on padding
+    layouts: list[Layout]
+
+
+def make_batch(model: LatentReasoner, records: list[LatentRecord], stages: list[int], device) -> LatentBatch:
+    """Tensors of one micro-batch: aligned prefixes, slot states, suffixes and the latent targets."""
+    layouts = [layout(r, k, model.cfg, model.eos_id, model.eot_id) for r, k in zip(records, stages)]
+    B = len(records)
+    prefix, prefix_mask = model.prefix([r.prompt for r in records])
+    n_slots = max(len(lay.slot_state) for lay in layouts)
+    state = torch.full((B, n_slots), ABSENT, dtype=torch.long)
+    s_width = max(len(lay.suffix) for lay in layouts)
+    suffix = torch.full((B, s_width), model.pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((B, s_width), dtype=torch.long)
+    for b, lay in enumerate(layouts):
+        state[b, : len(lay.slot_state)] = torch.tensor(lay.slot_state, dtype=torch.long)
+        suffix[b, : len(lay.suffix)] = torch.tensor(lay.suffix)
+        suffix_mask[b, : len(lay.suffix)] = 1
+    labels = torch.where(suffix_mask.bool(), suffix, torch.full_like(suffix, IGNORE))[:, 1:]
+    return LatentBatch(prefix.to(device), prefix_mask.to(device), state.to(device), suffix.to(device), suffix_mask.to(device),
+                       labels.to(device), layouts)
+
+def decoder_loss_sum(model: LatentReasoner, feeds: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """Summed CE of decoding each row's target text (+EOS) from its c fed-back latents (P, c, d)."""
+    c, device = feeds.shape[1], feeds.device
+    width = max(len(t) for t in targets)
+    tgt = torch.full((len(targets), width), IGNORE, dtype=torch.long)
+    inp = torch.full((len(targets), width), model.pad_id, dtype=torch.long)
+    for i, t in enumerate(targets):
+        tgt[i, : len(t)] = torch.tensor(t)
+        inp[i, : len(t)] = torch.tensor(t)
+    tgt, inp = tgt.to(device), inp.to(device)
+    prefix = model.decoder_proj(feeds)
+    embeds = torch.cat([prefix, model.decoder.get_input_embeddings()(inp[:, :-1])], dim=1)
+    mask = torch.cat([torch.ones(len(targets), c, dtype=torch.long, device=device), (tgt[:, :-1] != IGNORE).long()], dim=1)
+    logits = model.decoder(inputs_embeds=embeds, attention_mask=mask).logits[:, c - 1 :]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tensor]:
+    """Sums of each loss term over a micro-batch (the objective divides them by batch totals)."""
+    spec, c = model.cfg.spec, model.cfg.c
+    run = model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state)
+    logits = model.run_suffix(run, batch.suffix, batch.suffix_mask)[:, :-1]
+    sums = {"ce": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE, reduction="sum")}
+    present = batch.state != ABSENT  # (B, N): the row's own slots, real or surplus
+    if spec.kl and run.mu is not None:
+        mu, logvar = run.mu, run.logvar
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(-1)
+        sums["kl"] = (kl * present).sum()
+    if spec.decoder:
+        feeds = run.feed  # (B, N, d)
+        rows, targets = [], []
+        for b, lay in enumerate(batch.layouts):
+            for i, target in enumerate(lay.decoder_targets):
+                rows.append(feeds[b, i * c : (i + 1) * c])
+                targets.append(target)
+        sums["dec"] = decoder_loss_sum(model, torch.stack(rows), targets) if rows else feeds.sum() * 0
+    if spec.stop:
+        logits_stop, labels = [], []
+        firsts = step_boundaries(run.slots_run, c).nonzero().squeeze(-1).tolist()  # the slot of each latent step's decision
+        for b, lay in enumerate(batch.layouts):
+            for i, label in enumerate(lay.stop_labels):
+                logits_stop.append(run.stop_logits[b, firsts[i]])
+                labels.append(label)
+        if logits_stop:
+            sums["stop"] = F.cross_entropy(torch.stack(logits_stop).float(), torch.tensor(labels, device=logits.device), reduction="sum")
+        else:
+            sums["stop"] = logits.sum() * 0
+    return sums
+
+class LatentObjective:
+    """The latent-SFT loss of method.md section 5, normalised over the effective batch.
+
+    CE per target token + beta * KL per latent dimension + decoder_weight * decoder CE
+    per latent step (summed over its tokens) + stop CE per step boundary. The curriculum stage comes
+    from the optimizer step; `stage_mix` draws some examples at an earlier stage.
+    """
+
+    def __init__(self, cfg: LatentConfig, seed: int, eos_id: int, eot_id: int):
+        self.cfg, self.seed, self.eos_id, self.eot_id = cfg, seed, eos_id, eot_id
+
+    def stages(self, records: list[LatentRecord], step: int) -> list[int]:
+        stage = self.cfg.stage(step)
+        out = []
+        for r in records:
+            k = stage
+            if self.cfg.stage_mix > 0 and stage > 1:
+                rng = random.Random(f"{self.seed}-{step}-{r.index}")
+                if rng.random() < self.cfg.stage_mix:
+                    k = rng.randint(1, stage - 1)
+            out.append(k)
+        return out
+
+    def totals(self, records: list[LatentRecord], step: int) -> dict[str, float]:
+        spec = self.cfg.spec
+        t = {"tokens": 0.0, "latents": 0.0, "dec_steps": 0.0, "stops": 0.0}
+        for r, k in zip(records, self.stages(records, step)):
+            lay = layout(r, k, self.cfg, self.eos_id, self.eot_id)
+            t["tokens"] += len(lay.suffix) - 1
+            t["latents"] += len(lay.slot_state)
+            t["dec_steps"] += len(lay.decoder_targets) if spec.decoder else 0
+            t["stops"] += len(lay.stop_labels) if spec.stop else 0
+        return {k: max(v, 1.0) for k, v in t.items()}
+
+    def loss(self, model, records: list[LatentRecord], totals: dict[str, float], step: int, device):
+        inner = model.module if hasattr(model, "module") else model  # through DDP
+        sums = model(make_batch(inner, records, self.stages(records, step), device))  # forward: loss_sums
+        parts = {"ce": sums["ce"] / totals["tokens"]}
+        loss = parts["ce"]
+        if "kl" in sums:
+            parts["kl"] = sums["kl"] / totals["latents"]
+            loss = loss + self.cfg.beta * parts["kl"]
+        if "dec" in sums:
+            parts["dec"] = sums["dec"] / totals["dec_steps"]
+            loss = loss + self.cfg.decoder_weight * parts["dec"]
+        if "stop" in sums:
+            parts["stop"] = sums["stop"] / totals["stops"]
+            loss = loss + parts["stop"]
+        parts = {k: v.detach() for k, v in parts.items()}
+        parts["loss"] = loss.detach()
+        return loss, parts
