@@ -25,7 +25,17 @@ from typing import Any
 import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-SYNTHETIC_KEYS = ("n", "min_ops", "max_ops", "max_quantity", "max_operand", "max_result", "varied_phrasing", "distractor", "question_first")
+SYNTHETIC_KEYS = (
+    "n",
+    "min_ops",
+    "max_ops",
+    "max_quantity",
+    "max_operand",
+    "max_result",
+    "varied_phrasing",
+    "distractor",
+    "question_first",
+)
 # What a training or evaluation job reads of its method (a label or the enabled flag must not rerun it;
 # `init` arrives as an input path, `train` and `latent` merged into their sections).
 JOB_METHOD_KEYS = ("stage", "format", "variant")
@@ -137,7 +147,9 @@ def check(config: dict) -> None:
         train = {**config["train"], **method.get("train", {})}
         micro = train.get("micro_batch_size")
         if micro is not None and train["batch_size"] % micro:
-            raise ConfigError(f"config key 'methods.{name}.train.micro_batch_size': {micro} does not divide batch_size {train['batch_size']}")
+            raise ConfigError(
+                f"config key 'methods.{name}.train.micro_batch_size': {micro} does not divide batch_size {train['batch_size']}"
+            )
     model = config["model"]
     if model["pretrained"] is None and model["hidden_size"] % model["num_heads"]:
         raise ConfigError("config key 'model.num_heads': must divide model.hidden_size")
@@ -155,12 +167,18 @@ def check_rl(config: dict, name: str) -> None:
     root = methods[name].get("init")
     while root is not None and methods[root]["stage"] == "rl":
         root = methods[root].get("init")
-    if methods[name].get("init") is not None and (methods[root]["stage"] != "latent_sft" or not VARIANTS[methods[root]["variant"]].stochastic):
-        raise ConfigError(f"config key 'methods.{name}.init': an rl method starts from a latent_sft method with sampled latents (variant atp or atp_no_stop)")
+    if methods[name].get("init") is not None and (
+        methods[root]["stage"] != "latent_sft" or not VARIANTS[methods[root]["variant"]].stochastic
+    ):
+        raise ConfigError(
+            f"config key 'methods.{name}.init': an rl method starts from a latent_sft method with sampled latents "
+            "(variant atp or atp_no_stop)"
+        )
     rl = method_rl(config, name)
     if (rl["questions"] * rl["group_size"]) % rl["minibatch_size"]:
         raise ConfigError(
-            f"config key 'methods.{name}.rl.minibatch_size': {rl['minibatch_size']} does not divide questions x group_size = {rl['questions'] * rl['group_size']}"
+            f"config key 'methods.{name}.rl.minibatch_size': {rl['minibatch_size']} does not divide questions x "
+            f"group_size = {rl['questions'] * rl['group_size']}"
         )
 
 

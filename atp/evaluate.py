@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import statistics
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 from atp.modeling import prompt_ids
-from atp.train import left_pad
 from atp.text import numbers_equal, parse_answer
+from atp.train import left_pad
 
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int, device, progress: bool = False) -> list[tuple[str, int]]:
+def greedy_generate(
+    model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int, device, progress: bool = False
+) -> list[tuple[str, int]]:
     """(decoded text before EOS, number of generated tokens before EOS) per question.
 
     Batches are formed from length-sorted prompts and left-padded; results come back in input order.
@@ -79,7 +81,17 @@ def score(records: list[dict], generations: Iterable[tuple[str, int]]) -> tuple[
 
 
 @torch.no_grad()
-def latent_generate(model, tokenizer, questions: list[str], mode: str, seed: int, batch_size: int, max_answer_tokens: int, device, progress: bool = False) -> list[dict]:
+def latent_generate(
+    model,
+    tokenizer,
+    questions: list[str],
+    mode: str,
+    seed: int,
+    batch_size: int,
+    max_answer_tokens: int,
+    device,
+    progress: bool = False,
+) -> list[dict]:
     """Latent reasoning + greedy answer per question: answer text, answer tokens, latents, decoded steps.
 
     `mode`: `sample` (latents drawn from the latent head's Gaussian with `seed`) or `mu`.
@@ -96,7 +108,12 @@ def latent_generate(model, tokenizer, questions: list[str], mode: str, seed: int
         outs = model.generate([encoded[i] for i in rows], mode=mode, generator=generator, max_answer_tokens=max_answer_tokens)
         steps = model.decode_steps([o["feeds"] for o in outs], tokenizer)
         for i, o, s in zip(rows, outs, steps):
-            results[i] = {"text": tokenizer.decode(o["answer_ids"], skip_special_tokens=True), "answer_tokens": len(o["answer_ids"]), "latents": o["latents"], "steps": s}
+            results[i] = {
+                "text": tokenizer.decode(o["answer_ids"], skip_special_tokens=True),
+                "answer_tokens": len(o["answer_ids"]),
+                "latents": o["latents"],
+                "steps": s,
+            }
     return results  # type: ignore[return-value]
 
 
@@ -104,7 +121,10 @@ def latent_validation(model, tokenizer, records: list[dict], seed: int, device) 
     """Validation metrics of a latent model by mode: `mu`, and `sample` too for sampled-latent variants."""
     modes = ("mu", "sample") if model.cfg.spec.stochastic else ("mu",)
     questions = [r["question"] for r in records]
-    return {mode: score_latent(records, latent_generate(model, tokenizer, questions, mode, seed, 250, 16, device))[1] for mode in modes}
+    return {
+        mode: score_latent(records, latent_generate(model, tokenizer, questions, mode, seed, 250, 16, device))[1]
+        for mode in modes
+    }
 
 
 def step_fidelity(step: str, gold_steps: list[str]) -> bool:

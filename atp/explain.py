@@ -28,13 +28,31 @@ def explain(model_dir: str, question: str, samples: int = 1, max_answer_tokens: 
     if not is_latent(model_dir):
         model, tokenizer = load_model(model_dir)
         text, tokens = greedy_generate(model, tokenizer, [question], 128, 1, device)[0]
-        return [{"mode": "language", "steps": text.splitlines()[:-1], "latents": 0, "tokens": tokens, "answer_text": text.splitlines()[-1] if text else "", "answer": parse_answer(text)}]
+        return [
+            {
+                "mode": "language",
+                "steps": text.splitlines()[:-1],
+                "latents": 0,
+                "tokens": tokens,
+                "answer_text": text.splitlines()[-1] if text else "",
+                "answer": parse_answer(text),
+            }
+        ]
     model, tokenizer = load_latent(model_dir)
     runs = [("mu", 0)] + ([("sample", seed) for seed in range(samples)] if model.cfg.spec.stochastic else [])
     out = []
     for mode, seed in runs:
         g = latent_generate(model, tokenizer, [question], mode, seed, 1, max_answer_tokens, device)[0]
-        out.append({"mode": mode if mode == "mu" else f"sample seed {seed}", "steps": g["steps"], "latents": g["latents"], "tokens": g["latents"] + g["answer_tokens"], "answer_text": g["text"], "answer": parse_answer(g["text"])})
+        out.append(
+            {
+                "mode": mode if mode == "mu" else f"sample seed {seed}",
+                "steps": g["steps"],
+                "latents": g["latents"],
+                "tokens": g["latents"] + g["answer_tokens"],
+                "answer_text": g["text"],
+                "answer": parse_answer(g["text"]),
+            }
+        )
     return out
 
 

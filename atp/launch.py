@@ -53,24 +53,29 @@ def strategy(world_size: int, environ: dict | None = None) -> str:
 
 
 def check_launch(stage: str, environ: dict | None = None) -> None:
-    """Raise ConfigError when accelerate was asked for what stage `stage` (sft, latent_sft, rl) does not do; warn about its precision setting."""
+    """Raise ConfigError when accelerate was asked for what stage `stage` (sft, latent_sft, rl) does not do;
+    warn about its precision setting."""
     environ = os.environ if environ is None else environ
     for key, name in UNSUPPORTED.items():
         if _true(environ, key):
             raise ConfigError(
                 f"launched with an accelerate {name} config ({key}={environ[key]}): the training stages run data-parallel "
-                f"(DDP, and FSDP for {' and '.join(FSDP_STAGES)}) only; launch with workflow/accelerate/ddp.yaml (the train rule's "
+                f"(DDP, and FSDP for {' and '.join(FSDP_STAGES)}) only; launch with workflow/accelerate/ddp.yaml "
+                "(the train rule's "
                 f"default, resources.accelerate=ddp), workflow/accelerate/fsdp.yaml or torchrun"
             )
     if _true(environ, FSDP) and stage not in FSDP_STAGES:
         raise ConfigError(
             f"launched with an accelerate FSDP config ({FSDP}={environ[FSDP]}): the {stage} stage runs data-parallel (DDP) only "
             f"(its update all-reduces whole gradients, which does not shard); FSDP works for the {' and '.join(FSDP_STAGES)} "
-            f"stages. Launch {stage} with workflow/accelerate/ddp.yaml (resources.accelerate=ddp, the train rule's default) or torchrun"
+            f"stages. Launch {stage} with workflow/accelerate/ddp.yaml (resources.accelerate=ddp, the train rule's "
+            "default) or torchrun"
         )
     precision = environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if precision not in ("no", ""):
-        log.warning("accelerate's mixed_precision=%s is ignored: precision is the config's train.bf16 (autocast in the stages)", precision)
+        log.warning(
+            "accelerate's mixed_precision=%s is ignored: precision is the config's train.bf16 (autocast in the stages)", precision
+        )
 
 
 def command(module: str, args: list[str], gpus: int, accelerate: str = "ddp", environ: dict | None = None) -> list[str]:

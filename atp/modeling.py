@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from atp.text import BOT, EOS, EOT, LATENT, PAD, SPECIAL_TOKENS, UNK
 
@@ -100,7 +100,9 @@ def init_new_embeddings(model, tokenizer, first_new: int) -> None:
 
     source = tokenizer.encode(INIT_FROM, add_special_tokens=False)
     with torch.no_grad():
-        for embedding in {id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None}.values():
+        for embedding in {
+            id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None
+        }.values():
             weight = embedding.weight
             if weight.shape[0] > first_new:
                 weight[first_new:] = weight[source].mean(dim=0)
@@ -146,7 +148,11 @@ class checkpoint_in_eval:
     def __init__(self, model):
         from transformers.modeling_layers import GradientCheckpointingLayer
 
-        self.layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and not m.training]
+        self.layers = [
+            m
+            for m in model.modules()
+            if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing and not m.training
+        ]
 
     def __enter__(self):
         for m in self.layers:

@@ -14,8 +14,8 @@ coherence-only variant: 0, 0.5, 1, ungated, so that no gold answer is read).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from atp.text import ANSWER_MARKER, numbers_equal, parse_answer, parse_equation
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from atp.latent import ACTIVE, MASKED, LatentReasoner, SlotRun, answer_ids, step_boundaries
 from atp.train import apply_gradients
@@ -58,20 +57,28 @@ class RLConfig:
     max_answer_tokens: int = 16
     trajectories_every: int = 25  # RL steps between trajectory artifacts
     trajectories_logged: int = 16  # trajectories written each time
-    loss: str = "sequence"  # sequence: per-trajectory means of the latent and answer terms, summed (the paper) | action: one mean over all actions
+    # sequence: per-trajectory means of the latent and answer terms, summed (the paper) | action: one mean over all actions
+    loss: str = "sequence"
     latent_logp: str = "sum"  # sum: a latent's Gaussian log-density summed over dimensions (the paper) | mean: averaged (CoLaR)
     latent_weight: float = 1.0  # weight of the latent actions in the loss (stop decisions and answer tokens keep 1)
-    frozen: bool = False  # roll out and score on the same schedule without updating: the control the reward curves are read against
+    frozen: bool = (
+        False  # roll out and score on the same schedule without updating: the control the reward curves are read against
+    )
     diagnostics_every: int = 10  # RL steps between gradient diagnostics (per-action-type norms, two-half cosine); 0 = off
     rewards: dict | None = None  # RewardConfig fields
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
-            raise ValueError(f"group_size must be at least 2 (a group-normalised advantage needs two rollouts), got {self.group_size}")
+            raise ValueError(
+                f"group_size must be at least 2 (a group-normalised advantage needs two rollouts), got {self.group_size}"
+            )
         if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1:
             raise ValueError("questions, minibatch_size and epochs must be at least 1")
         if (self.questions * self.group_size) % self.minibatch_size:
-            raise ValueError(f"minibatch_size {self.minibatch_size} does not divide questions x group_size = {self.questions * self.group_size}")
+            raise ValueError(
+                f"minibatch_size {self.minibatch_size} does not divide questions x group_size = "
+                f"{self.questions * self.group_size}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.loss not in ("sequence", "action"):
@@ -103,7 +110,7 @@ class Trajectories:
     stop_labels: torch.Tensor  # (R, N) 1 where the row stopped
     old: dict[str, torch.Tensor]  # log-probabilities under the sampling weights, keyed like masks
 
-    def rows(self, index: list[int]) -> "Trajectories":
+    def rows(self, index: list[int]) -> Trajectories:
         idx = torch.tensor(index, dtype=torch.long)
         pick = lambda t: t[idx.to(t.device)]  # noqa: E731
         return Trajectories(
@@ -127,13 +134,16 @@ class Trajectories:
 
 
 def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
-    """log N(z; mu, exp(logvar)) summed (or averaged: `reduce="mean"`) over the last dimension, in float32 (also under bf16 autocast)."""
+    """log N(z; mu, exp(logvar)) summed (or averaged: `reduce="mean"`) over the last dimension, in float32
+    (also under bf16 autocast)."""
     z, mu, logvar = z.float(), mu.float(), logvar.float()
     per_dim = -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
     return per_dim.mean(-1) if reduce == "mean" else per_dim.sum(-1)
 
 
-def _slot_logps(model: LatentReasoner, run: SlotRun, state: torch.Tensor, latent_logp: str = "sum") -> tuple[dict, dict, torch.Tensor]:
+def _slot_logps(
+    model: LatentReasoner, run: SlotRun, state: torch.Tensor, latent_logp: str = "sum"
+) -> tuple[dict, dict, torch.Tensor]:
     """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels."""
     z, mu, logvar = run.z, run.mu, run.logvar
     R, N = state.shape
@@ -163,7 +173,9 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     prefix, prefix_mask = model.prefix(prompts)
     state = torch.full((R, model.cfg.slots), ACTIVE, dtype=torch.long, device=device)
     stop_rule = "sample" if model.cfg.spec.stop else None
-    run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule)
+    run = model.run_prefix_and_slots(
+        prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule
+    )
     state = run.state[:, : run.slots_run]
     logps, masks, stop_labels = _slot_logps(model, run, state, cfg.latent_logp)
     answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
@@ -214,7 +226,13 @@ LATENT_ACTIONS = ("latent", "stop")  # the paper's "latent" term: the Gaussian l
 
 
 def ppo_clip_loss(
-    new: dict, old: dict, masks: dict, advantages: torch.Tensor, cfg: RLConfig, ref: dict | None = None, actions: float | None = None,
+    new: dict,
+    old: dict,
+    masks: dict,
+    advantages: torch.Tensor,
+    cfg: RLConfig,
+    ref: dict | None = None,
+    actions: float | None = None,
     rows: float | None = None,
 ) -> tuple[torch.Tensor, dict, dict]:
     """PPO-clip over every action (latents, stop decisions, answer tokens); optional k3 KL to `ref`.
@@ -282,7 +300,9 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
-def gradient_diagnostics(model, trainable: list, traj: "Trajectories", advantages: torch.Tensor, cfg: RLConfig, autocast=None) -> dict[str, float]:
+def gradient_diagnostics(
+    model, trainable: list, traj: Trajectories, advantages: torch.Tensor, cfg: RLConfig, autocast=None
+) -> dict[str, float]:
     """How much signal a step's policy gradient carries, measured before its first update (ratio 1).
 
     The step's groups are split into two halves (different questions, independent rollouts); for each half
@@ -372,8 +392,17 @@ def sync_gradients(params: list[torch.Tensor], world_size: int, bucket_elements:
 
 
 def ppo_update(
-    model, optimizer, trainable: list, traj: Trajectories, advantages: torch.Tensor, cfg: RLConfig, generator: torch.Generator,
-    grad_clip: float, ref_logps: dict | None = None, world_size: int = 1, autocast=None,
+    model,
+    optimizer,
+    trainable: list,
+    traj: Trajectories,
+    advantages: torch.Tensor,
+    cfg: RLConfig,
+    generator: torch.Generator,
+    grad_clip: float,
+    ref_logps: dict | None = None,
+    world_size: int = 1,
+    autocast=None,
 ) -> dict[str, list[float]]:
     """`cfg.epochs` passes of PPO-clip updates over this process's rollouts `traj`; per-update statistics.
 
@@ -391,25 +420,39 @@ def ppo_update(
     device = traj.z.device
     per_rank = cfg.minibatch_size // world_size
     R = len(traj.prompts)
-    stats: dict[str, list[float]] = {"loss": [], "clip_fraction": [], "grad_norm": [], "kl": [], "first_clip_fraction": [], "first_max_abs_log_ratio": []}
+    stats: dict[str, list[float]] = {
+        "loss": [],
+        "clip_fraction": [],
+        "grad_norm": [],
+        "kl": [],
+        "first_clip_fraction": [],
+        "first_max_abs_log_ratio": [],
+    }
     for _ in range(cfg.epochs):
         order = torch.randperm(R, generator=generator, device=generator.device).tolist()
         for start in range(0, R, per_rank):
             index = order[start : start + per_rank]
             part = traj.rows(index)
             (actions,) = all_reduce_sum([sum(float(m.sum()) for m in part.masks.values())], world_size, device)
-            with autocast, checkpoint_in_eval(model):  # checkpointed layers recompute in eval mode too (train.gradient_checkpointing)
+            with (
+                autocast,
+                checkpoint_in_eval(model),
+            ):  # checkpointed layers recompute in eval mode too (train.gradient_checkpointing)
                 new = replay(model, part, cfg.temperature, cfg.latent_logp)
             ref_part = {k: v[torch.tensor(index, device=v.device)] for k, v in ref_logps.items()} if ref_logps else None
             adv_part = advantages[torch.tensor(index, device=advantages.device)]
-            loss, info, _ = ppo_clip_loss(new, part.old, part.masks, adv_part, cfg, ref_part, actions=actions, rows=cfg.minibatch_size)
+            loss, info, _ = ppo_clip_loss(
+                new, part.old, part.masks, adv_part, cfg, ref_part, actions=actions, rows=cfg.minibatch_size
+            )
             if not stats["first_clip_fraction"]:  # before any update rollout and replay must agree: ratio 1, nothing clipped
                 first_clip, first_ratio = all_reduce_sum([info["clip_fraction"], info["max_abs_log_ratio"]], world_size, device)
                 stats["first_clip_fraction"].append(first_clip)
                 stats["first_max_abs_log_ratio"].append(first_ratio / world_size)
             loss.backward()
             sync_gradients(trainable, world_size)
-            loss_value, clip_fraction, kl = all_reduce_sum([loss.item(), info["clip_fraction"], info.get("kl", 0.0)], world_size, device)
+            loss_value, clip_fraction, kl = all_reduce_sum(
+                [loss.item(), info["clip_fraction"], info.get("kl", 0.0)], world_size, device
+            )
             grad_norm = apply_gradients(optimizer, trainable, grad_clip, loss_value)  # the same on every process
             stats["loss"].append(loss_value)
             stats["clip_fraction"].append(clip_fraction)
@@ -450,14 +493,27 @@ def check_world(cfg: RLConfig, world_size: int) -> None:
         )
     if cfg.minibatch_size % world_size:
         raise ConfigError(
-            f"config key 'rl.minibatch_size': {cfg.minibatch_size} trajectories per update do not divide among {world_size} processes; "
+            f"config key 'rl.minibatch_size': {cfg.minibatch_size} trajectories per update do not divide among "
+            f"{world_size} processes; "
             f"use a multiple of {world_size}"
         )
 
 
 def grpo_step(
-    model, optimizer, trainable, prompts, answers, rl_cfg: RLConfig, reward_cfg, tokenizer, generator, grad_clip: float, ref=None,
-    dist=None, bf16: bool = False, diagnose: bool = False,
+    model,
+    optimizer,
+    trainable,
+    prompts,
+    answers,
+    rl_cfg: RLConfig,
+    reward_cfg,
+    tokenizer,
+    generator,
+    grad_clip: float,
+    ref=None,
+    dist=None,
+    bf16: bool = False,
+    diagnose: bool = False,
 ) -> tuple[dict, list[dict]]:
     """One RL step: rollouts, rewards, group advantages, one pass of PPO-clip updates. Returns (metrics, trajectories).
 
@@ -495,7 +551,13 @@ def grpo_step(
         with torch.no_grad(), autocast:
             ref_logps = {k: v.detach() for k, v in replay(ref, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
     diagnostics = gradient_diagnostics(model, trainable, traj, advantages, rl_cfg, autocast) if diagnose else {}
-    stats = {} if rl_cfg.frozen else ppo_update(model, optimizer, trainable, traj, advantages, rl_cfg, generator, grad_clip, ref_logps, world_size, autocast)
+    stats = (
+        {}
+        if rl_cfg.frozen
+        else ppo_update(
+            model, optimizer, trainable, traj, advantages, rl_cfg, generator, grad_clip, ref_logps, world_size, autocast
+        )
+    )
     R = len(prompts)
     mine = {
         "rewards": rewards,
@@ -503,8 +565,15 @@ def grpo_step(
         "used": used,
         "answer_tokens": traj.masks["answer"].sum(-1).tolist(),
         "trajectories": [
-            {"question_row": rank * R + b, "latents": used[b], "latent_steps": steps[b], "completion": completions[b], "gold": answers[b],
-             **{f"reward_{k}": v[b] for k, v in rewards.items()}, "advantage": round(float(advantages[b]), 6)}
+            {
+                "question_row": rank * R + b,
+                "latents": used[b],
+                "latent_steps": steps[b],
+                "completion": completions[b],
+                "gold": answers[b],
+                **{f"reward_{k}": v[b] for k, v in rewards.items()},
+                "advantage": round(float(advantages[b]), 6),
+            }
             for b in range(R)
         ],
     }
@@ -543,8 +612,23 @@ class GRPOTask:
     desc = "rl"
     log_every = 1
 
-    def __init__(self, model, optimizer, trainable: list, records: list[dict], prompts: list[list[int]], rl_cfg: RLConfig,
-                 reward_cfg, tokenizer, train_cfg, seed: int, dist, ref, tracker, traj_dir):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        trainable: list,
+        records: list[dict],
+        prompts: list[list[int]],
+        rl_cfg: RLConfig,
+        reward_cfg,
+        tokenizer,
+        train_cfg,
+        seed: int,
+        dist,
+        ref,
+        tracker,
+        traj_dir,
+    ):
         from atp.train import batch_schedule
 
         self.model, self.optimizer, self.trainable, self.records, self.prompts = model, optimizer, trainable, records, prompts
@@ -566,9 +650,20 @@ class GRPOTask:
         mine = self.rows[dist.rank * share : (dist.rank + 1) * share]
         started = time.time()
         metrics, self.trajectories = grpo_step(
-            self.model, self.optimizer, self.trainable, [self.prompts[i] for i in mine], [self.records[i]["answer"] for i in mine],
-            cfg, self.reward_cfg, self.tokenizer, step_generator(self.seed, step, dist.rank, dist.device), self.train_cfg.grad_clip,
-            self.ref, dist, self.train_cfg.bf16, diagnose=bool(cfg.diagnostics_every) and step % cfg.diagnostics_every == 0,
+            self.model,
+            self.optimizer,
+            self.trainable,
+            [self.prompts[i] for i in mine],
+            [self.records[i]["answer"] for i in mine],
+            cfg,
+            self.reward_cfg,
+            self.tokenizer,
+            step_generator(self.seed, step, dist.rank, dist.device),
+            self.train_cfg.grad_clip,
+            self.ref,
+            dist,
+            self.train_cfg.bf16,
+            diagnose=bool(cfg.diagnostics_every) and step % cfg.diagnostics_every == 0,
         )
         metrics["rl/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["rl/step_seconds"] = time.time() - started

@@ -10,6 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient became NaN or inf; training stopped before the weights changed."""
 
@@ -46,7 +47,7 @@ class Dist:
     rank: int
     world_size: int
     local_rank: int
-    device: "object"
+    device: object
 
     @property
     def is_main(self) -> bool:

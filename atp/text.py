@@ -202,7 +202,12 @@ def parse_equation(step: str) -> Equation | None:
         return None
     if reader.i != len(tokens):
         return None
-    return Equation(expression=left.strip(), operands=tuple(reader.operands), result=canonical_number(right), value=None if reader.divides_by_zero else value)
+    return Equation(
+        expression=left.strip(),
+        operands=tuple(reader.operands),
+        result=canonical_number(right),
+        value=None if reader.divides_by_zero else value,
+    )
 
 
 def equation_holds(step: str) -> bool:

@@ -43,7 +43,7 @@ def tracking_uri(setting: str) -> str:
 def _artifact_root(uri: str) -> str | None:
     """Artifacts next to a SQLite store (not in ./mlruns of whatever directory a job runs in)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
     return None
 
 
@@ -114,7 +114,11 @@ def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
         git = git_info()
         tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
         # Left RUNNING: the workflow's onsuccess/onerror end it (end_parent) once the last job is done.
-        run = _retry(lambda: mlflow.MlflowClient().create_run(experiment_id, run_name=f"pipeline-{experiment}", tags=tags), "create parent run", uri)
+        run = _retry(
+            lambda: mlflow.MlflowClient().create_run(experiment_id, run_name=f"pipeline-{experiment}", tags=tags),
+            "create parent run",
+            uri,
+        )
     except TrackingError as exc:
         if required:
             raise
@@ -158,8 +162,14 @@ def reopen_parent(parent_file: str | Path) -> dict | None:
     return {"run_id": parent["run_id"], "status": status}
 
 
-def end_parent(parent_file: str | Path, status: str, table_csv: str | Path | None = None, table_md: str | Path | None = None,
-               config: dict | None = None, reopened: dict | None = None) -> str | None:
+def end_parent(
+    parent_file: str | Path,
+    status: str,
+    table_csv: str | Path | None = None,
+    table_md: str | Path | None = None,
+    config: dict | None = None,
+    reopened: dict | None = None,
+) -> str | None:
     """End the pipeline's parent run with `status` (FINISHED or FAILED, from Snakemake's onsuccess/onerror).
 
     On success the parent also gets the table's summary metrics (`table/<method>/avg_acc` and `avg_tokens`,
@@ -188,7 +198,7 @@ def end_parent(parent_file: str | Path, status: str, table_csv: str | Path | Non
             _retry(lambda: client.log_batch(run_id, metrics=metrics), "log parent metrics", where)
             for path in (table_md, table_csv):
                 if path is not None and Path(path).exists():
-                    _retry(lambda: client.log_artifact(run_id, str(path)), "log parent artifact", where)
+                    _retry(lambda path=path: client.log_artifact(run_id, str(path)), "log parent artifact", where)
             if config is not None:
                 _retry(lambda: client.log_dict(run_id, config, "config.yaml"), "log parent config", where)
         _retry(lambda: client.set_terminated(run_id, status=status), "end parent run", where)
@@ -233,7 +243,7 @@ class Tracker:
         self._run_name = run_name
         self._tags = {k: str(v) for k, v in (tags or {}).items()}
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
         import mlflow
@@ -241,7 +251,9 @@ class Tracker:
         if self._parent is not None and Path(self._parent).exists():
             parent = read_json(self._parent)
             if parent.get("disabled"):
-                log.warning("MLflow tracking is off for this pipeline (%s); results are only under results/", parent["disabled"][:200])
+                log.warning(
+                    "MLflow tracking is off for this pipeline (%s); results are only under results/", parent["disabled"][:200]
+                )
                 self.enabled = False
                 return self
             self.required = parent.get("required", True)
@@ -279,7 +291,7 @@ class Tracker:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):
             chunk = items[start : start + 100]
-            self.call(lambda: self.client.log_batch(self.run_id, params=chunk), "log params")
+            self.call(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk), "log params")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -320,7 +332,7 @@ class Tracker:
         """Tag the pipeline's parent run (data prep adds the data digests, unknown when it was created)."""
         if self.enabled and self.parent_id:
             for key, value in tags.items():
-                self.call(lambda: self.client.set_tag(self.parent_id, key, str(value)), "set parent tag")
+                self.call(lambda key=key, value=value: self.client.set_tag(self.parent_id, key, str(value)), "set parent tag")
 
     def log_input(self, name: str, digest: str, path: str, n: int) -> None:
         """Record a dataset (name, digest, source path) as an MLflow dataset input."""
@@ -328,6 +340,8 @@ class Tracker:
             return
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=str(path), schema=None, profile=f'{{"num_rows": {n}}}')
+        dataset = Dataset(
+            name=name, digest=digest[:36], source_type="local", source=str(path), schema=None, profile=f'{{"num_rows": {n}}}'
+        )
         entry = DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value=name)])
         self.call(lambda: self.client.log_inputs(self.run_id, datasets=[entry]), "log input")

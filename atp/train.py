@@ -13,9 +13,10 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,10 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropies over labelled positions."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
 
 
@@ -104,7 +108,9 @@ class TokenObjective:
     def totals(self, items: list[Example], step: int) -> dict[str, float]:
         return {"tokens": sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in items)}
 
-    def loss(self, model, items: list[Example], totals: dict[str, float], step: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model, items: list[Example], totals: dict[str, float], step: int, device
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = {key: value.to(device) for key, value in collate(items, self.pad_id).items()}
         loss = token_loss_sum(model, batch) / totals["tokens"]
         return loss, {"loss": loss.detach()}
@@ -153,8 +159,15 @@ def checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    ckpt_dir: Path, step: int, model, optimizer, meta: dict, keep: int, files: tuple[Path, ...] = (),
-    state: dict | None = None, optimizer_state: dict | None = None,
+    ckpt_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    meta: dict,
+    keep: int,
+    files: tuple[Path, ...] = (),
+    state: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> Path:
     """Weights as safetensors, optimizer state as tensors, copies of `files` (the run's history so far),
     meta.json last (it marks the folder complete). `state` and `optimizer_state`, when given, are
@@ -217,7 +230,9 @@ class History:
         source = saved[-1] if saved and saved[-1].exists() else self.path
         kept = []
         if start and source.exists():
-            kept = [line for line in source.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= start]
+            kept = [
+                line for line in source.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["step"] <= start
+            ]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
@@ -259,7 +274,11 @@ def resume_point(ckpt_dir: Path, meta: dict | None = None, strategy: str = "sing
         saved = read_json(existing[-1] / "meta.json")
         differs = [k for k in RESUME_KEYS if k in meta and saved.get(k) != meta[k]]
         if differs:
-            log.warning("checkpoints in %s were made with another %s; discarding them and training from step 0", ckpt_dir, ", ".join(differs))
+            log.warning(
+                "checkpoints in %s were made with another %s; discarding them and training from step 0",
+                ckpt_dir,
+                ", ".join(differs),
+            )
             drop_checkpoints(ckpt_dir)
             existing = []
     if not existing:
@@ -267,9 +286,14 @@ def resume_point(ckpt_dir: Path, meta: dict | None = None, strategy: str = "sing
     saved = read_json(existing[-1] / "meta.json")
     written = saved.get("strategy", "single")  # checkpoints from before FSDP: 1 process or DDP
     if optimizer_format(written) != optimizer_format(strategy):
-        how = "accelerate launch --config_file workflow/accelerate/fsdp.yaml" if written == "fsdp" else "workflow/accelerate/ddp.yaml, torchrun or one process"
+        how = (
+            "accelerate launch --config_file workflow/accelerate/fsdp.yaml"
+            if written == "fsdp"
+            else "workflow/accelerate/ddp.yaml, torchrun or one process"
+        )
         raise ConfigError(
-            f"the checkpoint {existing[-1]} was written with strategy {written} and this run is {strategy}: their optimizer states "
+            f"the checkpoint {existing[-1]} was written with strategy {written} and this run is {strategy}: their "
+            "optimizer states "
             f"are saved in different formats, so it cannot resume there. Relaunch it as it was launched ({written}: {how}), "
             f"or delete {ckpt_dir} to train from step 0"
         )
@@ -278,7 +302,9 @@ def resume_point(ckpt_dir: Path, meta: dict | None = None, strategy: str = "sing
     return existing[-1]
 
 
-def optimizer_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None = None) -> tuple[list, torch.optim.Optimizer, int]:
+def optimizer_and_resume(
+    model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None = None
+) -> tuple[list, torch.optim.Optimizer, int]:
     """(trainable parameters, AdamW over them, the step to start from): restored from the newest checkpoint if any.
 
     Every training loop (the SFT stages here, the RL stage) starts this way, so they resume alike.
@@ -299,7 +325,9 @@ def make_optimizer(model, cfg: TrainConfig) -> tuple[list, torch.optim.Optimizer
     return trainable, torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
 
-def sharded_and_resume(model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None, device) -> tuple[torch.nn.Module, list, torch.optim.Optimizer, int]:
+def sharded_and_resume(
+    model, cfg: TrainConfig, ckpt_dir: Path, meta: dict | None, device
+) -> tuple[torch.nn.Module, list, torch.optim.Optimizer, int]:
     """FSDP's optimizer_and_resume: (the sharded copy of `model` that trains, its trainable parameters,
     AdamW over them, the step to start from). The checkpoint's weights go into the plain `model` before
     it is copied and sharded; the plain model then waits on the CPU (see atp.sharding)."""
@@ -367,8 +395,17 @@ class Task(Protocol):
 
 
 def run_loop(
-    task: Task, optimizer, cfg: TrainConfig, seed: int, dist: Dist, ckpt_dir: Path, start: int, tracker,
-    history: History | None, save: Callable[[int, dict], None], on_log: Callable[[int, dict], None] | None = None,
+    task: Task,
+    optimizer,
+    cfg: TrainConfig,
+    seed: int,
+    dist: Dist,
+    ckpt_dir: Path,
+    start: int,
+    tracker,
+    history: History | None,
+    save: Callable[[int, dict], None],
+    on_log: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Steps `start` .. `cfg.steps` of `task`: the one loop of every stage.
 
@@ -419,7 +456,14 @@ def run_loop(
 
 
 def checkpoint_writer(
-    ckpt_dir: Path, model, optimizer, meta: dict, cfg: TrainConfig, dist: Dist, history: History | None, strategy: str,
+    ckpt_dir: Path,
+    model,
+    optimizer,
+    meta: dict,
+    cfg: TrainConfig,
+    dist: Dist,
+    history: History | None,
+    strategy: str,
     train_model=None,
 ) -> Callable[[int, dict], None]:
     """`save(done, loop)` for `run_loop`: the weights, optimizer state and history so far, written by process 0.
@@ -433,8 +477,17 @@ def checkpoint_writer(
             full = sharding.full_state(train_model, keep=dist.is_main)
             optimizer_full = sharding.optimizer_state(train_model, optimizer)
         if dist.is_main:
-            save_checkpoint(ckpt_dir, done, model, optimizer, {**meta, "strategy": strategy, "loop": loop}, cfg.keep_checkpoints,
-                            history.files if history else (), state=full, optimizer_state=optimizer_full)
+            save_checkpoint(
+                ckpt_dir,
+                done,
+                model,
+                optimizer,
+                {**meta, "strategy": strategy, "loop": loop},
+                cfg.keep_checkpoints,
+                history.files if history else (),
+                state=full,
+                optimizer_state=optimizer_full,
+            )
 
     return save
 
@@ -446,8 +499,18 @@ class SupervisedTask:
     desc = "train"
     summary_window = 1  # the run's metrics are its last log window's
 
-    def __init__(self, train_model, items: list, schedule: list[list[int]], objective, optimizer, trainable: list,
-                 cfg: TrainConfig, dist: Dist, fsdp: bool):
+    def __init__(
+        self,
+        train_model,
+        items: list,
+        schedule: list[list[int]],
+        objective,
+        optimizer,
+        trainable: list,
+        cfg: TrainConfig,
+        dist: Dist,
+        fsdp: bool,
+    ):
         self.train_model, self.items, self.schedule, self.objective = train_model, items, schedule, objective
         self.optimizer, self.trainable, self.cfg, self.dist, self.fsdp = optimizer, trainable, cfg, dist, fsdp
         self.log_every = cfg.log_every
@@ -463,7 +526,9 @@ class SupervisedTask:
         parts: dict[str, torch.Tensor] = {}
         for k in range(accumulation):
             with self.autocast:
-                loss, micro_parts = self.objective.loss(self.train_model, mine[k * micro : (k + 1) * micro], totals, step, dist.device)
+                loss, micro_parts = self.objective.loss(
+                    self.train_model, mine[k * micro : (k + 1) * micro], totals, step, dist.device
+                )
             # DDP and FSDP average gradients over processes; scale so the result is the mean over the effective batch.
             (loss * dist.world_size).backward()
             for name, value in micro_parts.items():
@@ -479,8 +544,13 @@ class SupervisedTask:
     def window_metrics(self, window: list[dict[str, float]], seconds: float) -> dict[str, float]:
         names = list(dict.fromkeys(name for values in window for name in values))
         metrics = {f"train/{name}": sum(values[name] for values in window if name in values) / len(window) for name in names}
-        metrics.update({"train/lr": self.optimizer.param_groups[0]["lr"], "train/grad_norm": self.grad_norm,
-                        "train/steps_per_s": len(window) / max(seconds, 1e-9)})
+        metrics.update(
+            {
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/grad_norm": self.grad_norm,
+                "train/steps_per_s": len(window) / max(seconds, 1e-9),
+            }
+        )
         return metrics
 
     def postfix(self, metrics: dict[str, float]) -> dict[str, str]:

@@ -68,7 +68,13 @@ TINY_CONFIG = {
     "vocab_size": 1024,
     "max_position_embeddings": 131072,
     "rope_theta": 500000.0,
-    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "rope_scaling": {
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
     "tie_word_embeddings": True,
     "rms_norm_eps": 1e-05,
 }
@@ -85,8 +91,10 @@ SIZES = {
     "rl_group": (8, 2),
     "rl_minibatch": (16, 2),
     "rl_steps": (2, 1),
-    "decoder": ({"hidden_size": 1024, "num_layers": 4, "num_heads": 16, "intermediate_size": 4096},
-                {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}),
+    "decoder": (
+        {"hidden_size": 1024, "num_layers": 4, "num_heads": 16, "intermediate_size": 4096},
+        {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    ),
 }
 
 
@@ -94,16 +102,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny model and batches (runs on a CPU in seconds)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's peak dense bf16 TFLOP/s (989: H100/H200 SXM; 312: A100)")
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0, help="the device's peak dense bf16 TFLOP/s (989: H100/H200 SXM; 312: A100)"
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available, else cpu)")
-    p.add_argument("--precision", choices=["autocast", "fp32", "bf16"], default=None, help="default: autocast on a GPU, fp32 on a CPU")
-    p.add_argument("--config", default=str(ROOT / "scripts" / "llama-3.2-1b-config.json"), help="the backbone's HF config (ignored with --tiny)")
+    p.add_argument(
+        "--precision", choices=["autocast", "fp32", "bf16"], default=None, help="default: autocast on a GPU, fp32 on a CPU"
+    )
+    p.add_argument(
+        "--config",
+        default=str(ROOT / "scripts" / "llama-3.2-1b-config.json"),
+        help="the backbone's HF config (ignored with --tiny)",
+    )
     p.add_argument("--parts", nargs="+", choices=["sft", "latent", "rl"], default=["sft", "latent", "rl"])
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed part")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: up to 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--decoder", choices=["copy", "small"], default="copy",
-                   help="step decoder: a copy of the backbone (config/paper.yaml) or the small one of SIZES")
+    p.add_argument(
+        "--decoder",
+        choices=["copy", "small"],
+        default="copy",
+        help="step decoder: a copy of the backbone (config/paper.yaml) or the small one of SIZES",
+    )
     for name, (full, tiny) in SIZES.items():
         if name != "decoder":
             p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"default {full} ({tiny} with --tiny)")
@@ -145,7 +165,15 @@ class Meter:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_peak_rss"
 
 
-def result(tokens_per_step: float, seconds: list[float], n_params: int, flops_factor: int, meter: Meter, peak_tflops: float | None, extra: dict) -> dict:
+def result(
+    tokens_per_step: float,
+    seconds: list[float],
+    n_params: int,
+    flops_factor: int,
+    meter: Meter,
+    peak_tflops: float | None,
+    extra: dict,
+) -> dict:
     """tokens/s, s/step, peak memory and MFU of `len(seconds)` timed steps."""
     step_s = statistics.fmean(seconds)
     tokens_per_s = tokens_per_step / step_s
@@ -260,8 +288,19 @@ def train_config(args, steps: int):
     from atp.config import TrainConfig
 
     return TrainConfig(
-        steps=steps, batch_size=args.batch, micro_batch_size=args.micro_batch, lr=1e-4, weight_decay=0.01, warmup_ratio=0.0,
-        min_lr_ratio=1.0, grad_clip=1.0, max_length=4096, log_every=1, checkpoint_every=10**9, keep_checkpoints=1, val_samples=0,
+        steps=steps,
+        batch_size=args.batch,
+        micro_batch_size=args.micro_batch,
+        lr=1e-4,
+        weight_decay=0.01,
+        warmup_ratio=0.0,
+        min_lr_ratio=1.0,
+        grad_clip=1.0,
+        max_length=4096,
+        log_every=1,
+        checkpoint_every=10**9,
+        keep_checkpoints=1,
+        val_samples=0,
         bf16=args.precision == "autocast",
     )
 
@@ -297,11 +336,19 @@ def latent_records(args, config, tok, n: int, rng: random.Random):
     low = len(tok.small)
     records = []
     for i, p_len in enumerate(lengths(rng, args.prompt_len, n)):
-        steps = [random_ids(rng, low, config.vocab_size, max(3, round(12 * rng.uniform(0.6, 1.4)))) for _ in range(rng.randint(2, 6))]
+        steps = [
+            random_ids(rng, low, config.vocab_size, max(3, round(12 * rng.uniform(0.6, 1.4)))) for _ in range(rng.randint(2, 6))
+        ]
         answer = random_ids(rng, low, config.vocab_size, 4)
         records.append(
-            LatentRecord(index=i, prompt=random_ids(rng, low, config.vocab_size, p_len), steps=[s + [low - 1] for s in steps],
-                         step_texts=steps, answer=answer + [tok.eos_token_id], answer_text=answer)
+            LatentRecord(
+                index=i,
+                prompt=random_ids(rng, low, config.vocab_size, p_len),
+                steps=[s + [low - 1] for s in steps],
+                step_texts=steps,
+                answer=answer + [tok.eos_token_id],
+                answer_text=answer,
+            )
         )
     return records
 
@@ -333,7 +380,9 @@ def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
     rng = random.Random(args.seed + 1)
     decoder = decoder_settings(args)
     # stage_steps=0: every optimizer step at the last curriculum stage (all steps latent, 20 slots), the dearest.
-    cfg = LatentConfig(variant="atp", c=2, max_steps=10, beta=1e-3, decoder_weight=1.0, rescale="none", decoder=decoder, stage_steps=0)
+    cfg = LatentConfig(
+        variant="atp", c=2, max_steps=10, beta=1e-3, decoder_weight=1.0, rescale="none", decoder=decoder, stage_steps=0
+    )
     meter.reset()
     model = new_reasoner(args, config, tok, dist, cfg)
     n_backbone = count_parameters(model.backbone)
@@ -363,8 +412,9 @@ def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
     steps = args.warmup + args.latent_steps
     records = latent_records(args, config, tok, args.batch * steps, rng)
     objective = LatentObjective(cfg, args.seed, tok.eos_token_id, model.eot_id)
-    seconds = timed_train(model, records, train_config(args, steps), dist, objective, meter, args.warmup,
-                          lengths_=[len(r.prompt) for r in records])
+    seconds = timed_train(
+        model, records, train_config(args, steps), dist, objective, meter, args.warmup, lengths_=[len(r.prompt) for r in records]
+    )
     per_row = [len(r.prompt) + 1 + cfg.slots + 1 + len(r.answer) for r in records]  # prompt, <bot>, slots, <eot>, answer
     train_out = result(statistics.fmean(per_row) * args.batch, seconds, n_backbone, 6, meter, peak, {})
     out["sft_step"] = {k: v for k, v in train_out.items()}
@@ -386,34 +436,60 @@ def part_rl(args, config, tok, dist, meter, peak, model=None) -> dict:
     meter.reset()
     if model is None:
         decoder = decoder_settings(args)
-        model = new_reasoner(args, config, tok, dist, LatentConfig(variant="atp", c=2, max_steps=10, rescale="none", decoder=decoder))
+        model = new_reasoner(
+            args, config, tok, dist, LatentConfig(variant="atp", c=2, max_steps=10, rescale="none", decoder=decoder)
+        )
     model = freeze_decoder(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-6, weight_decay=0.01, betas=(0.9, 0.95))
-    rl_cfg = RLConfig(questions=args.rl_questions, group_size=args.rl_group, minibatch_size=args.rl_minibatch, temperature=1.0, max_answer_tokens=16)
+    rl_cfg = RLConfig(
+        questions=args.rl_questions,
+        group_size=args.rl_group,
+        minibatch_size=args.rl_minibatch,
+        temperature=1.0,
+        max_answer_tokens=16,
+    )
     reward_cfg = RewardConfig(coherence_rule="substring")
     generator = torch.Generator(device=dist.device).manual_seed(args.seed)
     seconds, tokens, metrics = [], [], {}
     for i in range(args.warmup + args.rl_steps):
-        questions = [random_ids(rng, len(tok.small), config.vocab_size, n) for n in lengths(rng, args.prompt_len, rl_cfg.questions)]
+        questions = [
+            random_ids(rng, len(tok.small), config.vocab_size, n) for n in lengths(rng, args.prompt_len, rl_cfg.questions)
+        ]
         prompts = [q for q in questions for _ in range(rl_cfg.group_size)]
         answers = [str(rng.randint(1, 500)) for q in questions for _ in range(rl_cfg.group_size)]
         meter.sync()
         start = time.perf_counter()
         with autocast(dist.device, args.precision):
-            metrics, _ = grpo_step(model, optimizer, trainable, prompts, answers, rl_cfg, reward_cfg, tok, generator, grad_clip=1.0)
+            metrics, _ = grpo_step(
+                model, optimizer, trainable, prompts, answers, rl_cfg, reward_cfg, tok, generator, grad_clip=1.0
+            )
         meter.sync()
         if i >= args.warmup:
             seconds.append(time.perf_counter() - start)
             # Trajectory tokens: prompt + <bot>, the latents used, <eot> + the sampled answer.
-            tokens.append(sum(len(p) + 1 for p in prompts) + len(prompts) * (metrics["rl/latents"] + 1 + metrics["rl/answer_tokens"]))
+            tokens.append(
+                sum(len(p) + 1 for p in prompts) + len(prompts) * (metrics["rl/latents"] + 1 + metrics["rl/answer_tokens"])
+            )
     # FLOPs: rollout forward (2N) + replay forward and backward (6N) over the same tokens.
-    out = result(statistics.fmean(tokens), seconds, count_parameters(model.backbone), 8, meter, peak, {
-        "questions": rl_cfg.questions, "group_size": rl_cfg.group_size, "rollouts": rl_cfg.rollouts, "minibatch_size": rl_cfg.minibatch_size,
-        "updates_per_step": rl_cfg.updates_per_step, "latents_per_trajectory": round(metrics["rl/latents"], 3),
-        "answer_tokens_per_trajectory": round(metrics["rl/answer_tokens"], 3),
-        "trainable_parameters": sum(p.numel() for p in trainable),
-    })
+    out = result(
+        statistics.fmean(tokens),
+        seconds,
+        count_parameters(model.backbone),
+        8,
+        meter,
+        peak,
+        {
+            "questions": rl_cfg.questions,
+            "group_size": rl_cfg.group_size,
+            "rollouts": rl_cfg.rollouts,
+            "minibatch_size": rl_cfg.minibatch_size,
+            "updates_per_step": rl_cfg.updates_per_step,
+            "latents_per_trajectory": round(metrics["rl/latents"], 3),
+            "answer_tokens_per_trajectory": round(metrics["rl/answer_tokens"], 3),
+            "trainable_parameters": sum(p.numel() for p in trainable),
+        },
+    )
     out["flops_per_token"] = "8N (rollout forward 2N + replay forward/backward 6N)"
     return out
 
@@ -440,13 +516,25 @@ def main(argv=None) -> dict:
     config = backbone_config(args)
     tok = StandInTokenizer(build_tokenizer(), config.vocab_size)
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "precision": args.precision,
         "tiny": args.tiny,
         "decoder": args.decoder,
         "peak_tflops": peak,
-        "backbone": {k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")},
+        "backbone": {
+            k: getattr(config, k)
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+                "vocab_size",
+            )
+        },
         "parts": {},
     }
     started = time.perf_counter()

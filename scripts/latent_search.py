@@ -6,7 +6,8 @@
 
 A setting names a latent `variant` (or `nocot` for the No-CoT fine-tuning control,
 `cot` for CoT training) and overrides any `latent.*` or `train.*` key by its bare
-name (and `model_<key>` for the sizes of a model built from scratch). Only the validation split is read. Prints and appends one JSON line:
+name (and `model_<key>` for the sizes of a model built from scratch). Only the validation split is read. Prints and
+appends one JSON line:
 the setting, val accuracy (mu and sampled latents), tokens, fidelity by step,
 seconds per step. Uses the pipeline's own code, without MLflow or Snakemake, so
 that many points can run side by side (for example one per core).
@@ -24,8 +25,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TRAIN_DEFAULTS = dict(
-    steps=1200, batch_size=16, micro_batch_size=None, lr=1e-3, weight_decay=0.0, warmup_ratio=0.05, min_lr_ratio=0.1,
-    grad_clip=1.0, max_length=256, log_every=100, checkpoint_every=10**9, keep_checkpoints=1, val_samples=0, bf16=False,
+    steps=1200,
+    batch_size=16,
+    micro_batch_size=None,
+    lr=1e-3,
+    weight_decay=0.0,
+    warmup_ratio=0.05,
+    min_lr_ratio=0.1,
+    grad_clip=1.0,
+    max_length=256,
+    log_every=100,
+    checkpoint_every=10**9,
+    keep_checkpoints=1,
+    val_samples=0,
+    bf16=False,
 )
 
 
@@ -37,7 +50,9 @@ class Quiet:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--init", default=None, help="the model the method starts from (default: a new model sized as config/config.yaml says)")
+    p.add_argument(
+        "--init", default=None, help="the model the method starts from (default: a new model sized as config/config.yaml says)"
+    )
     p.add_argument("--save", default=None, help="save the trained model here (cot/nocot settings)")
     p.add_argument("--setting", required=True, help="JSON object: variant and overrides")
     p.add_argument("--name", default=None, help="the point's name, copied into its result line")
@@ -83,7 +98,9 @@ def main() -> None:
         from atp.config import load
 
         model_cfg = load(Path(__file__).resolve().parents[1] / "config" / "config.yaml")["model"]
-        backbone = modeling.build_model({**model_cfg, **{k[6:]: v for k, v in setting.items() if k.startswith("model_")}}, tokenizer)
+        backbone = modeling.build_model(
+            {**model_cfg, **{k[6:]: v for k, v in setting.items() if k.startswith("model_")}}, tokenizer
+        )
     ckpt = Path(args.checkpoint_dir or f"/tmp/latent_search_{abs(hash(args.setting))}")
     started = time.time()
     result = {"setting": setting, "seed": seed, **({"name": args.name} if args.name else {})}
@@ -101,12 +118,35 @@ def main() -> None:
         model = LatentReasoner(backbone, cfg, tokenizer).to(device)
         items, _ = encode_latent_records(records, tokenizer, train_cfg.max_length, cfg)
         lengths = [len(r.prompt) + sum(map(len, r.steps)) for r in items]
-        metrics = train(model, items, train_cfg, dist, seed, ckpt, LatentObjective(cfg, seed, tokenizer.eos_token_id, model.eot_id), Quiet(), {}, lengths=lengths)
+        metrics = train(
+            model,
+            items,
+            train_cfg,
+            dist,
+            seed,
+            ckpt,
+            LatentObjective(cfg, seed, tokenizer.eos_token_id, model.eot_id),
+            Quiet(),
+            {},
+            lengths=lengths,
+        )
         seconds = time.time() - started
         for mode, m in latent_validation(model, tokenizer, val, seed, device).items():
             key = "" if mode == "mu" else "_sample"
-            result.update({f"val_accuracy{key}": m["accuracy"], f"val_tokens{key}": m["tokens"], f"fidelity{key}": m["fidelity"], f"fidelity_by_step{key}": m["fidelity_by_step"], f"by_steps{key}": m["accuracy_by_steps"]})
-    result.update(train_seconds=round(seconds, 1), seconds_per_step=round(seconds / train_cfg.steps, 4), final_loss={k: round(v, 4) for k, v in metrics.items() if k.startswith("train/") and isinstance(v, float)})
+            result.update(
+                {
+                    f"val_accuracy{key}": m["accuracy"],
+                    f"val_tokens{key}": m["tokens"],
+                    f"fidelity{key}": m["fidelity"],
+                    f"fidelity_by_step{key}": m["fidelity_by_step"],
+                    f"by_steps{key}": m["accuracy_by_steps"],
+                }
+            )
+    result.update(
+        train_seconds=round(seconds, 1),
+        seconds_per_step=round(seconds / train_cfg.steps, 4),
+        final_loss={k: round(v, 4) for k, v in metrics.items() if k.startswith("train/") and isinstance(v, float)},
+    )
     line = json.dumps(result, sort_keys=True)
     print(line, flush=True)
     with open(args.out, "a", encoding="utf-8") as handle:

@@ -32,7 +32,11 @@ def job_config(point: dict, method: str, out: Path) -> Path:
 
     cfg = config.load(ROOT / "config" / "config.yaml")
     spec = cfg["methods"][method]
-    cfg["methods"][method] = {**spec, "train": {**spec.get("train", {}), **point.get("train", {})}, "rl": config.merge(spec.get("rl", {}), point.get("rl", {}))}
+    cfg["methods"][method] = {
+        **spec,
+        "train": {**spec.get("train", {}), **point.get("train", {})},
+        "rl": config.merge(spec.get("rl", {}), point.get("rl", {})),
+    }
     cfg = config.resolve(cfg)
     job = config.job_config(cfg, f"train_{method}")
     path = out / "job.yaml"
@@ -46,7 +50,9 @@ def summary(run: Path) -> dict:
     window = lambda rs, k: round(statistics.fmean(r[k] for r in rs), 4)  # noqa: E731
     out = {k: metrics[k] for k in ("val/accuracy", "val/accuracy_sample", "val/tokens", "val/fidelity") if k in metrics}
     for part, rs in (("first25", rows[:25]), ("last25", rows[-25:])):
-        out.update({f"{part}/{k}": window(rs, k) for k in ("rewards/total/mean", "rewards/coherence/mean", "rl/accuracy", "rl/latents")})
+        out.update(
+            {f"{part}/{k}": window(rs, k) for k in ("rewards/total/mean", "rewards/coherence/mean", "rl/accuracy", "rl/latents")}
+        )
     quarter = rows[int(len(rows) * 0.75) :]
     out["last_quarter/rewards/total/mean"] = window(quarter, "rewards/total/mean")
     # Gradient diagnostics (every rl.diagnostics_every steps) and the first minibatch's clip fraction, averaged over the run.
@@ -59,7 +65,11 @@ def against_frozen(results: list[dict], root: Path) -> None:
     """Each point's total reward against a frozen point of the same schedule, step by step over the last quarter."""
     from atp.stages.report import against_frozen as paired
 
-    frozen = {json.dumps(schedule(r), sort_keys=True): r["name"] for r in results if r.get("rl", {}).get("frozen") and r.get("returncode") == 0}
+    frozen = {
+        json.dumps(schedule(r), sort_keys=True): r["name"]
+        for r in results
+        if r.get("rl", {}).get("frozen") and r.get("returncode") == 0
+    }
     for r in results:
         control = frozen.get(json.dumps(schedule(r), sort_keys=True))
         if r.get("rl", {}).get("frozen") or control is None or r.get("returncode") != 0:
@@ -67,12 +77,22 @@ def against_frozen(results: list[dict], root: Path) -> None:
         history = lambda name: [json.loads(line) for line in (root / name / "history.jsonl").read_text().splitlines()]  # noqa: E731
         (row,) = paired({(r["name"], 0): history(r["name"])}, {(control, 0): history(control)}) or [None]
         if row:
-            r.update({"vs_frozen/control": control, "vs_frozen/difference": round(row["difference"], 4), "vs_frozen/standard_error": round(row["standard_error"], 4)})
+            r.update(
+                {
+                    "vs_frozen/control": control,
+                    "vs_frozen/difference": round(row["difference"], 4),
+                    "vs_frozen/standard_error": round(row["standard_error"], 4),
+                }
+            )
 
 
 def schedule(point: dict) -> dict:
     """What fixes the question schedule of an RL run: seed, steps and questions per step."""
-    return {"seed": point.get("seed", 0), "steps": point.get("train", {}).get("steps"), "questions": point.get("rl", {}).get("questions")}
+    return {
+        "seed": point.get("seed", 0),
+        "steps": point.get("train", {}).get("steps"),
+        "questions": point.get("rl", {}).get("questions"),
+    }
 
 
 def main() -> None:
@@ -93,9 +113,28 @@ def main() -> None:
             point = pending.pop(0)
             run = root / point["name"]
             run.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "atp.stages.rl", "--config", str(job_config(point, args.method, run)), "--method", args.method,
-                   "--seed", str(point.get("seed", 0)), "--data-dir", args.data_dir, "--out-dir", str(run), "--checkpoint-dir", str(run / "ckpt"),
-                   "--init", args.init, "--threads", "1", "--no-tracking"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "atp.stages.rl",
+                "--config",
+                str(job_config(point, args.method, run)),
+                "--method",
+                args.method,
+                "--seed",
+                str(point.get("seed", 0)),
+                "--data-dir",
+                args.data_dir,
+                "--out-dir",
+                str(run),
+                "--checkpoint-dir",
+                str(run / "ckpt"),
+                "--init",
+                args.init,
+                "--threads",
+                "1",
+                "--no-tracking",
+            ]
             log = open(run / "log.txt", "w")
             running[point["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), point, time.time())
         time.sleep(5)

@@ -44,12 +44,14 @@ def main() -> None:
     capacity = {"cpu": args.cpu_lanes, "gpu": args.gpu_lanes}
 
     def used(lane: str) -> int:
-        return sum(1 for _, l, _, _ in running.values() if l == lane)
+        return sum(1 for _, other, _, _ in running.values() if other == lane)
 
     while (pending or running) and time.time() - start < args.deadline:
-        for name, (proc, lane, point, t0) in list(running.items()):
+        for name, (proc, _lane, _point, t0) in list(running.items()):
             if proc.poll() is not None:
-                print(f"[{time.time() - start:6.0f}s] {name} finished rc={proc.returncode} in {time.time() - t0:.0f}s", flush=True)
+                print(
+                    f"[{time.time() - start:6.0f}s] {name} finished rc={proc.returncode} in {time.time() - t0:.0f}s", flush=True
+                )
                 del running[name]
         if time.time() - start < launch_until:
             for point in list(pending):
@@ -58,19 +60,39 @@ def main() -> None:
                     continue
                 wanted = point.get("lane", "any")
                 lanes = ["gpu", "cpu"] if wanted == "any" else [wanted]
-                lane = next((l for l in lanes if used(l) < capacity[l]), None)
+                lane = next((x for x in lanes if used(x) < capacity[x]), None)
                 if lane is None:
                     continue
-                cmd = [sys.executable, str(script), "--data-dir", str(root / point["data"]), "--setting", json.dumps(point["setting"]),
-                       "--out", args.out, "--device", "cuda" if lane == "gpu" else "cpu", "--threads", "1",
-                       "--checkpoint-dir", f"/tmp/grid_ckpt/{point['name']}", "--name", point["name"]]
+                cmd = [
+                    sys.executable,
+                    str(script),
+                    "--data-dir",
+                    str(root / point["data"]),
+                    "--setting",
+                    json.dumps(point["setting"]),
+                    "--out",
+                    args.out,
+                    "--device",
+                    "cuda" if lane == "gpu" else "cpu",
+                    "--threads",
+                    "1",
+                    "--checkpoint-dir",
+                    f"/tmp/grid_ckpt/{point['name']}",
+                    "--name",
+                    point["name"],
+                ]
                 if init:
                     cmd += ["--init", str(root / init)]
                 if point.get("save"):
                     cmd += ["--save", str(root / point["save"])]
                 handle = open(logs / f"{point['name']}.log", "w")
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
-                running[point["name"]] = (subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env), lane, point, time.time())
+                running[point["name"]] = (
+                    subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env),
+                    lane,
+                    point,
+                    time.time(),
+                )
                 pending.remove(point)
                 print(f"[{time.time() - start:6.0f}s] start {point['name']} on {lane}", flush=True)
         time.sleep(2)
@@ -81,7 +103,7 @@ def main() -> None:
         print(f"not started: {point['name']}", flush=True)
     with open(args.out + ".logs", "w") as handle:
         for log in sorted(logs.glob("*.log")):
-            lines = [l for l in log.read_text(errors="replace").splitlines() if "Warning" not in l]
+            lines = [line for line in log.read_text(errors="replace").splitlines() if "Warning" not in line]
             handle.write(f"==== {log.stem}\n" + "\n".join(lines[-15:]) + "\n")
 
 

@@ -39,15 +39,34 @@ def grid(args) -> None:
     print("# The scaling study (scripts/scaling_study.py grid); names: <data>-w<width>-x<budget>-<method>-s<seed>.")
     for width in args.widths:
         cot = f"{args.data}/cot_w{width}"
-        print(json.dumps({"name": f"{args.data}-w{width}-cot", "data": args.data, "init": None, "save": cot,
-                          "setting": {"variant": "cot", "steps": 3200, "min_lr_ratio": 0.0, **model_setting(width)}}))
+        print(
+            json.dumps(
+                {
+                    "name": f"{args.data}-w{width}-cot",
+                    "data": args.data,
+                    "init": None,
+                    "save": cot,
+                    "setting": {"variant": "cot", "steps": 3200, "min_lr_ratio": 0.0, **model_setting(width)},
+                }
+            )
+        )
         for budget in args.budgets:
             for seed in args.seeds:
                 for method in CONTROLS + METHODS:
                     setting = {"variant": method, "steps": BASE_STEPS * budget, "seed": seed}
                     if method != "nocot":
                         setting.update(rescale="embedding_norm", stage_steps=BASE_STAGE_STEPS * budget)
-                    print(json.dumps({"name": f"{args.data}-w{width}-x{budget}-{method}-s{seed}", "data": args.data, "init": cot, "save": None, "setting": setting}))
+                    print(
+                        json.dumps(
+                            {
+                                "name": f"{args.data}-w{width}-x{budget}-{method}-s{seed}",
+                                "data": args.data,
+                                "init": cot,
+                                "save": None,
+                                "setting": setting,
+                            }
+                        )
+                    )
 
 
 def parse(name: str) -> dict | None:
@@ -80,7 +99,10 @@ def plot(args) -> None:
         rows.append((width, budget, seed, method, value, *controls, margin))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| width | budget | seed | method | val acc | pause | No-CoT FT | margin over the better control |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| width | budget | seed | method | val acc | pause | No-CoT FT | margin over the better control |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lines += [f"| {w} | {b}x | {s} | {m} | {v:.1f} | {p:.1f} | {n:.1f} | {g:+.1f} |" for w, b, s, m, v, p, n, g in rows]
     lines += ["", "| width | method | budget | margin (mean +- std over seeds) |", "|---|---|---|---|"]
     for (width, method, budget), values in sorted(margins.items()):
@@ -97,7 +119,15 @@ def plot(args) -> None:
             x = [b * BASE_STEPS for b, _ in points]
             y = [statistics.fmean(v) for _, v in points]
             err = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
-            ax.errorbar(x, y, yerr=err, fmt=styles[method], capsize=3, label=f"{method}, width {width}", alpha=0.5 + 0.5 * (width == max(k[0] for k in margins)))
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                fmt=styles[method],
+                capsize=3,
+                label=f"{method}, width {width}",
+                alpha=0.5 + 0.5 * (width == max(k[0] for k in margins)),
+            )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)
     budgets = sorted({k[2] for k in margins})

@@ -58,8 +58,17 @@ def main() -> None:
         started = time.time()
         generations = greedy_generate(model, tokenizer, [r["question"] for r in records], 96, 250, torch.device("cpu"))
         _, m = score(records, generations)
-        result = {"suite": suite, "label": label, "overrides": json.loads(overrides), "model": args.model, "n": len(records),
-                  "accuracy": m["accuracy"], "by_steps": m["accuracy_by_steps"], "tokens": m["tokens"], "seconds": round(time.time() - started, 1)}
+        result = {
+            "suite": suite,
+            "label": label,
+            "overrides": json.loads(overrides),
+            "model": args.model,
+            "n": len(records),
+            "accuracy": m["accuracy"],
+            "by_steps": m["accuracy_by_steps"],
+            "tokens": m["tokens"],
+            "seconds": round(time.time() - started, 1),
+        }
         line = json.dumps(result, sort_keys=True)
         print(line, flush=True)
         with open(args.out, "a", encoding="utf-8") as handle:

@@ -73,8 +73,20 @@ def snakemake_cmd(workdir, *args, extra_config: str | None = None) -> list[str]:
     if extra_config is not None:
         (workdir / "extra.yaml").write_text(extra_config)
         configs.append(str(workdir / "extra.yaml"))
-    return [PYTHON, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
-            "--configfile", *configs, "--cores", "2", *args]
+    return [
+        PYTHON,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        *configs,
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
 def snakemake(workdir, *args, extra_config: str | None = None, check=True):

@@ -20,7 +20,9 @@ TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediat
 def tiny_policy(tiny_data):
     cfg, splits, tok = tiny_data
     seed_everything(0)
-    model = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=3, decoder=TINY_DECODER), tok)
+    model = LatentReasoner(
+        modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=3, decoder=TINY_DECODER), tok
+    )
     return model, splits, tok
 
 
@@ -38,7 +40,9 @@ def test_a_grpo_step_under_bf16_is_finite_and_differs_from_fp32(tiny_data):
         policy = freeze_decoder(copy.deepcopy(model))
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=1e-3)
-        metrics, _ = grpo_step(policy, optimizer, trainable, prompts, ["1"] * 8, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, bf16=bf16)
+        metrics, _ = grpo_step(
+            policy, optimizer, trainable, prompts, ["1"] * 8, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, bf16=bf16
+        )
         assert all(math.isfinite(v) for v in metrics.values()), metrics
         assert all(torch.isfinite(p).all() for p in policy.parameters())
         assert all(p.dtype == torch.float32 for p in policy.parameters())  # autocast: the weights stay fp32
@@ -80,8 +84,25 @@ def test_the_rl_stage_and_evaluation_run_under_bf16(tiny_data, tmp_path, monkeyp
 
     monkeypatch.setattr(LatentReasoner, "decode_answer", spy)
     out = tmp_path / "rl"
-    cli.run(rl.main, cli.training_parser("rl"), ["--config", str(job), "--method", "atp_rl", "--data-dir", str(data), "--out-dir", str(out),
-                                                   "--checkpoint-dir", str(tmp_path / "ck"), "--init", str(tmp_path / "atp"), "--no-tracking"])
+    cli.run(
+        rl.main,
+        cli.training_parser("rl"),
+        [
+            "--config",
+            str(job),
+            "--method",
+            "atp_rl",
+            "--data-dir",
+            str(data),
+            "--out-dir",
+            str(out),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--init",
+            str(tmp_path / "atp"),
+            "--no-tracking",
+        ],
+    )
     assert autocast_seen[:2] == [True, True]  # the two rollouts (validation at the end decodes in fp32)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(history) == 2 and all(math.isfinite(v) for h in history for v in h.values())
@@ -90,7 +111,21 @@ def test_the_rl_stage_and_evaluation_run_under_bf16(tiny_data, tmp_path, monkeyp
     for method, model_dir in (("atp_rl", out / "model"), ("cot_sft", tmp_path / "lm")):
         autocast_seen.clear()
         ev = tmp_path / f"eval-{method}"
-        argv = ["--config", str(job), "--method", method, "--model", str(model_dir), "--data-dir", str(data), "--suites", "val", "--out-dir", str(ev), "--no-tracking"]
+        argv = [
+            "--config",
+            str(job),
+            "--method",
+            method,
+            "--model",
+            str(model_dir),
+            "--data-dir",
+            str(data),
+            "--suites",
+            "val",
+            "--out-dir",
+            str(ev),
+            "--no-tracking",
+        ]
         p = cli.parser("evaluate")
         for name in ("--method", "--model", "--data-dir", "--out-dir"):
             p.add_argument(name, required=True)

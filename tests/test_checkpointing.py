@@ -75,7 +75,9 @@ def test_sft_loss_and_gradients_are_unchanged(tiny_data):
 def latent_pair(tiny_data, variant="atp"):
     cfg, splits, tok = tiny_data
     seed_everything(0)
-    plain = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant=variant, c=2, max_steps=3, decoder=TINY_DECODER), tok)
+    plain = LatentReasoner(
+        modeling.build_model(cfg["model"], tok), LatentConfig(variant=variant, c=2, max_steps=3, decoder=TINY_DECODER), tok
+    )
     ckpt = copy.deepcopy(plain)
     ckpt.enable_gradient_checkpointing()
     return plain, ckpt, splits, tok
@@ -127,8 +129,7 @@ def test_without_the_replayable_cache_checkpointing_would_change_the_latent_loss
 
 def test_rl_replay_loss_and_gradients_are_unchanged(tiny_data):
     """The RL update replays in eval mode; checkpoint_in_eval makes the layers checkpoint there too."""
-    from atp.rl import RLConfig, group_advantages, ppo_clip_loss, replay, rollout
-    from atp.rl import freeze_decoder
+    from atp.rl import RLConfig, freeze_decoder, group_advantages, ppo_clip_loss, replay, rollout
 
     plain, ckpt, splits, tok = latent_pair(tiny_data)
     prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4] for _ in range(4)]
@@ -171,24 +172,52 @@ def test_the_stages_train_the_same_with_the_switch(tiny_data, tmp_path):
         job = tmp_path / f"job{switch}.yaml"
         config.dump(
             tiny_config(
-                train={"steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 10, "val_samples": 0, "gradient_checkpointing": switch},
+                train={
+                    "steps": 2,
+                    "batch_size": 4,
+                    "log_every": 1,
+                    "checkpoint_every": 10,
+                    "val_samples": 0,
+                    "gradient_checkpointing": switch,
+                },
                 latent={"c": 2, "max_steps": 2, "stage_steps": 1, "decoder": TINY_DECODER},
                 rl={"questions": 2, "group_size": 2, "minibatch_size": 2, "max_answer_tokens": 4},
-                methods={"cot_sft": {"stage": "sft", "format": "cot"}, "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
+                methods={
+                    "cot_sft": {"stage": "sft", "format": "cot"},
+                    "atp": {"stage": "latent_sft", "variant": "atp"},
+                    "atp_rl": {"stage": "rl"},
+                },
             ),
             job,
         )
         init = []
         for module, method in ((sft, "cot_sft"), (latent_sft, "atp"), (rl, "atp_rl")):
             out = tmp_path / f"{method}-{switch}"
-            argv = ["--config", str(job), "--method", method, "--data-dir", str(data), "--out-dir", str(out), "--checkpoint-dir", str(out) + "_ckpt", "--no-tracking", *init]
+            argv = [
+                "--config",
+                str(job),
+                "--method",
+                method,
+                "--data-dir",
+                str(data),
+                "--out-dir",
+                str(out),
+                "--checkpoint-dir",
+                str(out) + "_ckpt",
+                "--no-tracking",
+                *init,
+            ]
             cli.run(module.main, cli.training_parser(method), argv)
             runs[method, switch] = out
             init = ["--init", str(out / "model")]
     for method in ("cot_sft", "atp", "atp_rl"):
-        off, on = ([json.loads(line) for line in (runs[method, s] / "history.jsonl").read_text().splitlines()] for s in (False, True))
+        off, on = (
+            [json.loads(line) for line in (runs[method, s] / "history.jsonl").read_text().splitlines()] for s in (False, True)
+        )
         keys = [k for k in off[0] if k.startswith(("train/", "rl/loss", "rewards/")) and not k.endswith(("_per_s", "seconds"))]
-        assert keys and [h[k] for h in on for k in keys] == pytest.approx([h[k] for h in off for k in keys], rel=1e-6, abs=1e-9), method
+        assert keys and [h[k] for h in on for k in keys] == pytest.approx(
+            [h[k] for h in off for k in keys], rel=1e-6, abs=1e-9
+        ), method
         a, b = (load_file(runs[method, s] / "model" / "model.safetensors") for s in (False, True))
         diff = max(float((a[k] - b[k]).abs().max()) for k in a)
         print(f"{method}: max |weight difference| off vs on {diff:.3e}")

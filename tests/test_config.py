@@ -201,7 +201,11 @@ def test_shipped_configs_are_valid():
     root = config.SCHEMA_PATH.parents[2]
     default = config.load(root / "config" / "config.yaml")
     config.check_pipeline(default)
-    for overlay in (".test/config/config.yaml", "config/extended.yaml", "config/ablations.yaml"):  # merged over the default, as Snakemake does
+    for overlay in (
+        ".test/config/config.yaml",
+        "config/extended.yaml",
+        "config/ablations.yaml",
+    ):  # merged over the default, as Snakemake does
         merged = config.load(root / "config" / "config.yaml", root / overlay)
         config.check_pipeline(merged)
         assert merged["experiment"] != "default" and merged["methods"].keys() == default["methods"].keys()
@@ -220,8 +224,16 @@ RL_METHODS = {
         ({"stage": "rl"}, {}, "methods.atp_rl.init"),
         ({"stage": "rl", "init": "coconut"}, {}, "methods.atp_rl.init"),
         ({"stage": "rl", "init": "atp", "rl": {"group_size": 1}}, {}, "methods.atp_rl.rl.group_size"),
-        ({"stage": "rl", "init": "atp"}, {"rl": {"questions": 3, "group_size": 3, "minibatch_size": 2}}, "methods.atp_rl.rl.minibatch_size"),
-        ({"stage": "rl", "init": "atp", "rl": {"rewards": {"coherence_rule": "fuzzy"}}}, {}, "methods.atp_rl.rl.rewards.coherence_rule"),
+        (
+            {"stage": "rl", "init": "atp"},
+            {"rl": {"questions": 3, "group_size": 3, "minibatch_size": 2}},
+            "methods.atp_rl.rl.minibatch_size",
+        ),
+        (
+            {"stage": "rl", "init": "atp", "rl": {"rewards": {"coherence_rule": "fuzzy"}}},
+            {},
+            "methods.atp_rl.rl.rewards.coherence_rule",
+        ),
     ],
 )
 def test_bad_rl_settings_fail_naming_the_key(rl_method, extra, key):
@@ -232,7 +244,9 @@ def test_bad_rl_settings_fail_naming_the_key(rl_method, extra, key):
 def test_rl_settings_belong_to_rl_methods_and_reach_only_their_jobs():
     with pytest.raises(ConfigError, match=re.escape("methods.coconut.rl")):
         config.resolve({"methods": {**RL_METHODS, "coconut": {**RL_METHODS["coconut"], "rl": {"epochs": 2}}}})
-    cfg = config.resolve({"methods": {**RL_METHODS, "atp_rl": {"stage": "rl", "init": "atp", "rl": {"rewards": {"coherence": 0.0}}}}})
+    cfg = config.resolve(
+        {"methods": {**RL_METHODS, "atp_rl": {"stage": "rl", "init": "atp", "rl": {"rewards": {"coherence": 0.0}}}}}
+    )
     job = config.job_config(cfg, "train_atp_rl")
     assert job["rl"]["rewards"] == {**cfg["rl"]["rewards"], "coherence": 0.0} and "latent" not in job
     assert "rl" not in config.job_config(cfg, "train_atp")
@@ -240,7 +254,13 @@ def test_rl_settings_belong_to_rl_methods_and_reach_only_their_jobs():
 
 
 def test_an_overlay_switching_a_split_from_hub_to_file_leaves_the_hub_keys_behind():
-    base = {"data": {"suites": {"gsm8k": {"source": "hub", "format": "gsm8k", "hub_id": "openai/gsm8k", "hub_config": "main", "hub_split": "test"}}}}
+    base = {
+        "data": {
+            "suites": {
+                "gsm8k": {"source": "hub", "format": "gsm8k", "hub_id": "openai/gsm8k", "hub_config": "main", "hub_split": "test"}
+            }
+        }
+    }
     merged = config.merge(base, {"data": {"suites": {"gsm8k": {"source": "file", "path": "data/gsm8k/test.jsonl"}}}})
     spec = config.split_source(config.split_specs(config.resolve(merged))["gsm8k"])
     assert spec.path == "data/gsm8k/test.jsonl" and spec.hub_id is None

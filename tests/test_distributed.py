@@ -23,10 +23,31 @@ def curve(out_dir) -> dict[int, float]:
 
 
 def run_stage(stage, job, data, out, processes, extra=()):
-    launcher = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else [PYTHON]
-    cmd = [*launcher, "-m", f"atp.stages.{stage}", "--config", str(job), "--method", stage_method[stage], "--data-dir", str(data),
-           "--out-dir", str(out), "--checkpoint-dir", str(out) + "_ckpt", "--threads", "1", "--no-tracking", *extra]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    launcher = (
+        [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else [PYTHON]
+    )
+    cmd = [
+        *launcher,
+        "-m",
+        f"atp.stages.{stage}",
+        "--config",
+        str(job),
+        "--method",
+        stage_method[stage],
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--checkpoint-dir",
+        str(out) + "_ckpt",
+        "--threads",
+        "1",
+        "--no-tracking",
+        *extra,
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -42,7 +63,12 @@ def test_two_processes_follow_the_one_process_curve(tiny_data, tmp_path):
     config.dump(
         tiny_config(
             train={"steps": 8, "batch_size": 8, "log_every": 2, "val_samples": 0},
-            latent={"c": 1, "max_steps": 2, "stage_steps": 3, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
+            latent={
+                "c": 1,
+                "max_steps": 2,
+                "stage_steps": 3,
+                "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+            },
             methods={"cot_sft": {"stage": "sft", "format": "cot"}, "coconut": {"stage": "latent_sft", "variant": "coconut"}},
         ),
         job,
@@ -74,7 +100,7 @@ def test_two_processes_follow_the_one_process_curve(tiny_data, tmp_path):
 RL_ATOL = 1e-6
 RL_LR = 0.1
 
-RL_UPDATE_SCRIPT = r'''
+RL_UPDATE_SCRIPT = r"""
 import sys
 import torch
 from atp import modeling
@@ -111,7 +137,7 @@ stats = ppo_update(model, optimizer, trainable, traj.rows(mine), advantages[mine
 if dist.is_main:
     save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, out + "/params.safetensors")
     json.dump(stats, open(out + "/stats.json", "w"))
-'''
+"""
 
 
 def test_one_rl_update_on_two_processes_equals_the_one_process_update(tiny_data, tmp_path):
@@ -126,8 +152,14 @@ def test_one_rl_update_on_two_processes_equals_the_one_process_update(tiny_data,
         out = tmp_path / f"update{processes}"
         out.mkdir()
         launcher = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if processes > 1 else [PYTHON]
-        result = subprocess.run([*launcher, str(script), str(data), str(out), str(RL_LR)], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        result = subprocess.run(
+            [*launcher, str(script), str(data), str(out), str(RL_LR)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert result.returncode == 0, result.stderr[-4000:]
     one, two = (load_file(tmp_path / f"update{n}" / "params.safetensors") for n in (1, 2))
     before = load_file(tmp_path / "update1" / "before.safetensors")
@@ -152,13 +184,22 @@ def test_the_rl_stage_runs_on_two_processes_and_process_0_alone_writes(tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
     seed_everything(0)
     decoder = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
-    model = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=3, decoder=decoder), tok)
+    model = LatentReasoner(
+        modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=3, decoder=decoder), tok
+    )
     save_latent(model, tok, tmp_path / "atp", {"step": 0})
     job = tmp_path / "job.yaml"
     config.dump(
         tiny_config(
             train={"steps": 2, "checkpoint_every": 1, "val_samples": 2, "lr": 1e-3},
-            rl={"questions": 2, "group_size": 4, "minibatch_size": 4, "max_answer_tokens": 4, "trajectories_every": 1, "trajectories_logged": 16},
+            rl={
+                "questions": 2,
+                "group_size": 4,
+                "minibatch_size": 4,
+                "max_answer_tokens": 4,
+                "trajectories_every": 1,
+                "trajectories_logged": 16,
+            },
             methods={"atp_rl": {"stage": "rl"}},
         ),
         job,
@@ -180,7 +221,15 @@ def test_the_rl_stage_runs_on_two_processes_and_process_0_alone_writes(tiny_data
 
 # `accelerate launch --config_file workflow/accelerate/fsdp.yaml` starts 2 gloo processes on this CPU machine
 # (ACCELERATE_USE_FSDP=true): the loop trains a copy of the model sharded per decoder layer (atp/sharding.py).
-FSDP_LAUNCH = [PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "workflow" / "accelerate" / "fsdp.yaml"), "--num_processes", "2"]
+FSDP_LAUNCH = [
+    PYTHON,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    str(ROOT / "workflow" / "accelerate" / "fsdp.yaml"),
+    "--num_processes",
+    "2",
+]
 # FSDP reduce-scatters (averages) each gradient shard where DDP all-reduces whole gradients: only the
 # summation order differs from one process, so, as for DDP, the curves agree to float32 rounding (the history
 # holds losses rounded to 6 decimals; measured max relative difference 0, in micro-batches of 2 as below;
@@ -195,9 +244,27 @@ fsdp_method = {"sft": "cot_sft", "latent_sft": "coconut", "rl": "atp_rl", "atp":
 def run_fsdp(stage, job, data, out, extra=(), method=None, script=None, check=True):
     """One stage on 2 processes through accelerate's FSDP launch (or 1 process with FSDP_LAUNCH=None)."""
     target = [str(script)] if script else ["-m", f"atp.stages.{stage}"]
-    cmd = [*FSDP_LAUNCH, *target, "--config", str(job), "--method", method or fsdp_method[stage], "--data-dir", str(data),
-           "--out-dir", str(out), "--checkpoint-dir", str(out) + "_ckpt", "--threads", "1", "--no-tracking", *extra]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        *FSDP_LAUNCH,
+        *target,
+        "--config",
+        str(job),
+        "--method",
+        method or fsdp_method[stage],
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--checkpoint-dir",
+        str(out) + "_ckpt",
+        "--threads",
+        "1",
+        "--no-tracking",
+        *extra,
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     if check:
         assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -207,7 +274,9 @@ def saved_weights(model_dir):
     """Every tensor the stage saved (backbone; for a latent model also the step decoder and the heads), by file and name."""
     from safetensors.torch import load_file
 
-    return {f"{f.relative_to(model_dir)}:{k}": v for f in sorted(model_dir.rglob("*.safetensors")) for k, v in load_file(f).items()}
+    return {
+        f"{f.relative_to(model_dir)}:{k}": v for f in sorted(model_dir.rglob("*.safetensors")) for k, v in load_file(f).items()
+    }
 
 
 def compare_weights(one, two) -> float:
@@ -242,10 +311,27 @@ def fsdp_job(tiny_data, tmp_path_factory):
     config.dump(
         tiny_config(
             # micro-batches of 2: 1 process accumulates 4 of them per step, each FSDP process 2 (a reduce-scatter each).
-            train={"steps": 8, "batch_size": 8, "micro_batch_size": 2, "log_every": 2, "checkpoint_every": 4, "keep_checkpoints": 2, "val_samples": 0},
-            latent={"c": 1, "max_steps": 2, "stage_steps": 3, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
-            methods={"cot_sft": {"stage": "sft", "format": "cot"}, "coconut": {"stage": "latent_sft", "variant": "coconut"},
-                     "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
+            train={
+                "steps": 8,
+                "batch_size": 8,
+                "micro_batch_size": 2,
+                "log_every": 2,
+                "checkpoint_every": 4,
+                "keep_checkpoints": 2,
+                "val_samples": 0,
+            },
+            latent={
+                "c": 1,
+                "max_steps": 2,
+                "stage_steps": 3,
+                "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+            },
+            methods={
+                "cot_sft": {"stage": "sft", "format": "cot"},
+                "coconut": {"stage": "latent_sft", "variant": "coconut"},
+                "atp": {"stage": "latent_sft", "variant": "atp"},
+                "atp_rl": {"stage": "rl"},
+            },
         ),
         job,
     )
@@ -279,7 +365,10 @@ def test_fsdp_equals_ddp_for_atp_latent_with_lora_and_gradient_checkpointing(fsd
     job, data, tmp = fsdp_job
     raw = config.load(job)
     lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    config.dump({**raw, "model": {**raw["model"], "lora": lora}, "train": {**raw["train"], "steps": 6, "gradient_checkpointing": True}}, tmp / "lora.yaml")
+    config.dump(
+        {**raw, "model": {**raw["model"], "lora": lora}, "train": {**raw["train"], "steps": 6, "gradient_checkpointing": True}},
+        tmp / "lora.yaml",
+    )
     init = ["--init", str(tmp / "sft1" / "model")]
     stage_method["latent_sft"] = "atp"
     try:
@@ -292,7 +381,7 @@ def test_fsdp_equals_ddp_for_atp_latent_with_lora_and_gradient_checkpointing(fsd
 
 # A stage run that SIGKILLs process 0 right after it wrote the checkpoint of step 4 (of 8); the launcher then
 # ends the other process. Deterministic where a kill from outside would race the tiny model's training.
-KILLED_SCRIPT = r'''
+KILLED_SCRIPT = r"""
 import os, runpy, signal, sys
 import atp.train
 save = atp.train.save_checkpoint
@@ -306,7 +395,7 @@ def save_then_die(ckpt_dir, step, *args, **kwargs):
 atp.train.save_checkpoint = save_then_die
 sys.argv[0] = "atp.stages.latent_sft"
 runpy.run_module("atp.stages.latent_sft", run_name="__main__")
-'''
+"""
 
 
 def test_an_interrupted_fsdp_run_resumes_to_the_uninterrupted_weights(fsdp_job):

@@ -69,7 +69,9 @@ def kill_when_checkpointed(workdir: Path, method: str, preempt: bool = False) ->
             assert proc.returncode != 0
             return done[0]
         if proc.poll() is not None:
-            raise AssertionError(f"Snakemake ended before {method} could be killed:\n{(workdir / f'snakemake-{method}.out').read_text()[-3000:]}")
+            raise AssertionError(
+                f"Snakemake ended before {method} could be killed:\n{(workdir / f'snakemake-{method}.out').read_text()[-3000:]}"
+            )
         time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"{method} wrote no checkpoint in time")
@@ -125,8 +127,14 @@ def test_a_tracking_failure_after_training_loses_no_training(tiny_data, tmp_path
 
     cfg, splits, tok = tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
-    job = config.resolve({**{k: cfg[k] for k in ("data", "model")}, "train": {**cfg["train"], "steps": 12, "checkpoint_every": 5, "log_every": 5},
-                          "mlflow": {"tracking_uri": str(tmp_path / "mlflow.db")}, "methods": {"cot_sft": {"stage": "sft", "format": "cot"}}})
+    job = config.resolve(
+        {
+            **{k: cfg[k] for k in ("data", "model")},
+            "train": {**cfg["train"], "steps": 12, "checkpoint_every": 5, "log_every": 5},
+            "mlflow": {"tracking_uri": str(tmp_path / "mlflow.db")},
+            "methods": {"cot_sft": {"stage": "sft", "format": "cot"}},
+        }
+    )
     config.dump(job, tmp_path / "job.yaml")
     start_parent(job["mlflow"], "test", tmp_path / "parent.json")
     argv = ["--config", str(tmp_path / "job.yaml"), "--method", "cot_sft", "--data-dir", str(data)]
@@ -163,8 +171,14 @@ def test_a_tracking_failure_after_training_loses_no_training(tiny_data, tmp_path
         ("train: {lr: -1.0}\n", "config key 'train.lr': -1.0 is less than or equal to the minimum of 0"),
         ("latent: {c: 0}\n", "config key 'latent.c': 0 is less than the minimum of 1"),
         ("rl: {group_size: 1}\n", "config key 'rl.group_size': 1 is less than the minimum of 2"),
-        ("methods: {atp: {latent: {decoder: {hiden_size: 8}}}}\n", "config key 'methods.atp.latent.decoder.hiden_size': unknown key"),
-        ("data: {train: {source: file, format: contract, path: missing/train.jsonl}}\n", "'data.train.path': file not found: missing/train.jsonl"),
+        (
+            "methods: {atp: {latent: {decoder: {hiden_size: 8}}}}\n",
+            "config key 'methods.atp.latent.decoder.hiden_size': unknown key",
+        ),
+        (
+            "data: {train: {source: file, format: contract, path: missing/train.jsonl}}\n",
+            "'data.train.path': file not found: missing/train.jsonl",
+        ),
     ],
     ids=["unknown-key", "wrong-type", "negative-lr", "c-zero", "group-size-one", "nested-override-typo", "missing-file"],
 )
@@ -192,7 +206,10 @@ GOOD = {"id": "a", "question": "Ann has 2 apples and buys 3. How many?", "steps"
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("line", "problem"),
-    [('{"id": "c", "question": "Q", "steps": [], "answer": "5", "sour', "invalid JSON"), (json.dumps({**GOOD, "answer": "five"}), "is not a number")],
+    [
+        ('{"id": "c", "question": "Q", "steps": [], "answer": "5", "sour', "invalid JSON"),
+        (json.dumps({**GOOD, "answer": "five"}), "is not a number"),
+    ],
     ids=["truncated-json", "non-numeric-answer"],
 )
 def test_bad_data_fails_naming_file_and_line_and_leaves_no_partial_output(tmp_path, line, problem):
@@ -226,9 +243,18 @@ def test_eight_jobs_log_at_once_to_one_sqlite_store(tmp_path):
 
     from atp.tracking import start_parent
 
-    parent = start_parent({"tracking_uri": str(tmp_path / "mlflow.db"), "experiment_name": "concurrency"}, "test", tmp_path / "parent.json")
+    parent = start_parent(
+        {"tracking_uri": str(tmp_path / "mlflow.db"), "experiment_name": "concurrency"}, "test", tmp_path / "parent.json"
+    )
     (tmp_path / "note.txt").write_text("an artifact\n")
-    writers = [subprocess.Popen([PYTHON, "-c", WRITER, str(tmp_path / "parent.json"), str(i), str(tmp_path / "note.txt")], stderr=subprocess.PIPE, text=True) for i in range(8)]
+    writers = [
+        subprocess.Popen(
+            [PYTHON, "-c", WRITER, str(tmp_path / "parent.json"), str(i), str(tmp_path / "note.txt")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
     errors = [w.communicate(timeout=300)[1] for w in writers]
     assert all(w.returncode == 0 for w in writers), errors
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
@@ -263,7 +289,12 @@ def test_an_unreachable_tracking_server_fails_the_pipeline_clearly_unless_tracki
 
 def test_nothing_is_loaded_through_pickle():
     """torch.load only with weights_only=True; no pickle, joblib or MLflow's pickled model flavours."""
-    sources = [p for folder in ("atp", "scripts", "workflow") for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".smk") or p.name == "Snakefile"]
+    sources = [
+        p
+        for folder in ("atp", "scripts", "workflow")
+        for p in (ROOT / folder).rglob("*")
+        if p.suffix in (".py", ".smk") or p.name == "Snakefile"
+    ]
     assert len(sources) > 20
     for path in sources:
         text = path.read_text(encoding="utf-8")
@@ -286,14 +317,41 @@ def test_a_diverging_stage_exits_with_a_clear_message_and_keeps_its_last_checkpo
     """A learning rate of 1e30 blows the loss up: exit code 3, the step named, the last good checkpoint kept."""
     cfg, splits, tok = tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
-    job = tiny_config(train={**cfg["train"], "steps": 30, "lr": 1e30, "warmup_ratio": 0.0, "grad_clip": 0.0, "checkpoint_every": 1, "log_every": 1})
+    job = tiny_config(
+        train={
+            **cfg["train"],
+            "steps": 30,
+            "lr": 1e30,
+            "warmup_ratio": 0.0,
+            "grad_clip": 0.0,
+            "checkpoint_every": 1,
+            "log_every": 1,
+        }
+    )
     from atp import config
 
     config.dump(job, tmp_path / "job.yaml")
     result = subprocess.run(
-        [PYTHON, "-m", "atp.stages.sft", "--config", str(tmp_path / "job.yaml"), "--method", "cot_sft", "--data-dir", str(data),
-         "--out-dir", str(tmp_path / "run"), "--no-tracking", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            PYTHON,
+            "-m",
+            "atp.stages.sft",
+            "--config",
+            str(tmp_path / "job.yaml"),
+            "--method",
+            "cot_sft",
+            "--data-dir",
+            str(data),
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--no-tracking",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 3, result.stderr[-2000:]
     message = re.search(r"training diverged: loss (\S+), gradient norm (\S+) at step (\d+)", result.stderr)

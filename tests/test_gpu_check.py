@@ -13,8 +13,13 @@ from conftest import PYTHON, ROOT
 @pytest.mark.slow
 def test_gpu_check_tiny_measures_every_part(tmp_path):
     out = tmp_path / "check.json"
-    subprocess.run([PYTHON, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cpu", "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cpu", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     parts = report["parts"]
     assert set(parts) == {"sft", "latent", "rl"}

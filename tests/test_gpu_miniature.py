@@ -27,10 +27,17 @@ def backbone_parameters(cfg: dict) -> int:
 
     m = cfg["model"]
     with torch.device("meta"):
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=m["vocab_size"], hidden_size=m["hidden_size"], intermediate_size=m["intermediate_size"],
-            num_hidden_layers=m["num_layers"], num_attention_heads=m["num_heads"], num_key_value_heads=m["num_heads"], tie_word_embeddings=m["tie_word_embeddings"],
-        ))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=m["vocab_size"],
+                hidden_size=m["hidden_size"],
+                intermediate_size=m["intermediate_size"],
+                num_hidden_layers=m["num_layers"],
+                num_attention_heads=m["num_heads"],
+                num_key_value_heads=m["num_heads"],
+                tie_word_embeddings=m["tie_word_embeddings"],
+            )
+        )
     return sum(p.numel() for p in model.parameters())
 
 
@@ -63,8 +70,13 @@ def test_the_gpu_miniature_dry_runs_every_method_one_gpu_job_at_a_time_per_slot(
     """scripts/gpu_miniature.sh --dry-run: the whole DAG, each training a one-process `python -m` job (no accelerate)."""
     shutil.copytree(ROOT / "config", tmp_path / "config")  # the Snakefile's config/config.yaml is read in the working directory
     env = {**os.environ, "PYTHON": PYTHON}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_miniature.sh"), "--dry-run", "--directory", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_miniature.sh"), "--dry-run", "--directory", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = job_counts(done.stdout)
     # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent, three RL runs and the frozen RL control.

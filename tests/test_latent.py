@@ -11,7 +11,6 @@ from atp import modeling
 from atp.config import TrainConfig, to_dataclass
 from atp.evaluate import latent_generate, score_latent, step_fidelity
 from atp.latent import (
-    ABSENT,
     ACTIVE,
     IGNORE,
     MASKED,
@@ -49,7 +48,9 @@ def make(tiny_data, variant: str, **overrides):
 
 def record(n_steps: int) -> LatentRecord:
     steps = [[10 + i, 1] for i in range(n_steps)]  # token 1 stands for the newline
-    return LatentRecord(index=0, prompt=[5, 6], steps=steps, step_texts=[[10 + i] for i in range(n_steps)], answer=[7, 8, 99], answer_text=[7, 8])
+    return LatentRecord(
+        index=0, prompt=[5, 6], steps=steps, step_texts=[[10 + i] for i in range(n_steps)], answer=[7, 8, 99], answer_text=[7, 8]
+    )
 
 
 EOS, EOT = 99, 98
@@ -134,7 +135,9 @@ def test_the_cached_loop_equals_full_recomputation(tiny_data, variant):
     model.eval()
     batch = make_batch(model, records[:6], [4] * 6, "cpu")
     with torch.no_grad():
-        cached = model.run_suffix(model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, mode="mu"), batch.suffix, batch.suffix_mask)
+        cached = model.run_suffix(
+            model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, mode="mu"), batch.suffix, batch.suffix_mask
+        )
         full = recomputed_logits(model, batch.prefix, batch.prefix_mask, batch.state, batch.suffix, batch.suffix_mask, mode="mu")
     valid = batch.suffix_mask.bool()
     assert torch.allclose(cached[valid], full[valid], atol=1e-5), (cached[valid] - full[valid]).abs().max()
@@ -188,7 +191,12 @@ def test_every_variant_trains_with_finite_loss_and_round_trips_through_disk(tiny
     train(model, records, cfg, CPU, 0, tmp_path / "ckpt", objective, recorder, {}, lengths=[len(r.prompt) for r in records])
     losses = [m["train/loss"] for _, m in recorder.logged if "train/loss" in m]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
-    expected_parts = {"ce"} | ({"kl"} if VARIANTS[variant].kl else set()) | ({"dec"} if VARIANTS[variant].decoder else set()) | ({"stop"} if VARIANTS[variant].stop else set())
+    expected_parts = (
+        {"ce"}
+        | ({"kl"} if VARIANTS[variant].kl else set())
+        | ({"dec"} if VARIANTS[variant].decoder else set())
+        | ({"stop"} if VARIANTS[variant].stop else set())
+    )
     assert expected_parts <= {k[6:] for k in recorder.logged[-1][1]}
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("backbone.") for k in changed)
@@ -204,10 +212,33 @@ def test_every_variant_trains_with_finite_loss_and_round_trips_through_disk(tiny
 
 def test_a_short_overfit_run_drives_the_decoder_loss_down(tiny_data, tmp_path):
     model, records, tok = make(tiny_data, "atp", c=1, max_steps=4, stage_steps=0)
-    cfg = to_dataclass(TrainConfig, {**tiny_data[0]["train"], "steps": 30, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0, "log_every": 5, "checkpoint_every": 1000}, "train")
+    cfg = to_dataclass(
+        TrainConfig,
+        {
+            **tiny_data[0]["train"],
+            "steps": 30,
+            "batch_size": 4,
+            "lr": 1e-2,
+            "warmup_ratio": 0.0,
+            "log_every": 5,
+            "checkpoint_every": 1000,
+        },
+        "train",
+    )
     recorder = Recorder()
     few = records[:4]  # one batch, seen 30 times
-    train(model, few, cfg, CPU, 0, tmp_path / "ckpt", LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id), recorder, {}, lengths=[1] * 4)
+    train(
+        model,
+        few,
+        cfg,
+        CPU,
+        0,
+        tmp_path / "ckpt",
+        LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id),
+        recorder,
+        {},
+        lengths=[1] * 4,
+    )
     first, last = recorder.logged[1][1]["train/dec"], recorder.logged[-1][1]["train/dec"]  # [0]: resumed_from_step
     assert last < 0.5 * first, (first, last)
 

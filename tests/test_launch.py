@@ -1,4 +1,5 @@
-"""Launching training on N processes from the workflow: the `train` rule's accelerate command, the strategy a launch asks for, and what the stages refuse."""
+"""Launching training on N processes from the workflow: the `train` rule's accelerate command, the strategy a launch
+asks for, and what the stages refuse."""
 
 from __future__ import annotations
 
@@ -14,8 +15,20 @@ TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
 
 
 def snakemake(workdir, *args):
-    cmd = [PYTHON, "-m", "snakemake", *args, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(TEST_CONFIG), "--cores", "2"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "snakemake",
+        *args,
+        "--snakefile",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TEST_CONFIG),
+        "--cores",
+        "2",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result.stdout + result.stderr
@@ -55,14 +68,25 @@ def test_the_launcher_runs_one_process_or_accelerate_on_n(tmp_path):
     for gpus in (0, 1):
         assert command("atp.stages.sft", args, gpus, environ={}) == [PYTHON, "-m", "atp.stages.sft", *args]
     launch = command("atp.stages.rl", args, 4, "fsdp", environ={})
-    assert launch == [PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / "fsdp.yaml"),
-                      "--num_processes", "4", "-m", "atp.stages.rl", *args]
+    assert launch == [
+        PYTHON,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE_CONFIGS / "fsdp.yaml"),
+        "--num_processes",
+        "4",
+        "-m",
+        "atp.stages.rl",
+        *args,
+    ]
     (tmp_path / "mine.yaml").write_text("distributed_type: MULTI_GPU\n")
     assert command("m", [], 2, "mine", environ={"ATP_ACCELERATE_CONFIGS": str(tmp_path)})[4] == str(tmp_path / "mine.yaml")
     with pytest.raises(ConfigError, match="resources.accelerate=deepspeed"):
         command("m", [], 2, "deepspeed", environ={})
     # For real, on one process: the launcher becomes the module (its output and exit status are the module's).
     config = str(ROOT / "config" / "config.yaml")
+
     def run(*argv):
         return subprocess.run([PYTHON, "-m", *argv], capture_output=True, text=True)
 

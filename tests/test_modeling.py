@@ -35,10 +35,20 @@ def _save_tiny_pretrained(folder):
 
     raw = Tokenizer(models.BPE(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.train_from_iterator(["<<3*4=12>> Tom has 3 bags", "### 12"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"], show_progress=False))
+    raw.train_from_iterator(
+        ["<<3*4=12>> Tom has 3 bags", "### 12"],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>"], show_progress=False),
+    )
     base = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>")
     base.save_pretrained(folder)
-    config = LlamaConfig(vocab_size=len(base), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=len(base),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     return len(base)
 
@@ -55,7 +65,7 @@ def test_pretrained_path_adds_specials_and_inits_them_from_chevrons(tmp_path):
     assert weight.shape[0] == len(tokenizer)
     expected = weight[tokenizer.encode("<<", add_special_tokens=False)].mean(dim=0)
     assert torch.allclose(weight[n_before:], expected.expand(4, -1))
-    assert not torch.allclose(weight[: n_before].mean(dim=0), expected)
+    assert not torch.allclose(weight[:n_before].mean(dim=0), expected)
 
 
 def test_lora_on_and_off(tiny_data):
@@ -109,18 +119,39 @@ def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tin
         tiny_config(
             model={"pretrained": str(folder), "lora": lora_cfg},
             train={"steps": 2, "batch_size": 4, "val_samples": 0, "max_length": 1024},
-            latent={"c": 1, "max_steps": 2, "stage_steps": 1,
-                    "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32,
-                                "copy_backbone": copy_decoder}},
+            latent={
+                "c": 1,
+                "max_steps": 2,
+                "stage_steps": 1,
+                "decoder": {
+                    "hidden_size": 16,
+                    "num_layers": 1,
+                    "num_heads": 2,
+                    "intermediate_size": 32,
+                    "copy_backbone": copy_decoder,
+                },
+            },
             rl={"questions": 2, "group_size": 2, "minibatch_size": 2, "max_answer_tokens": 3},
-            methods={"cot_sft": {"stage": "sft", "format": "cot"}, "atp": {"stage": "latent_sft", "variant": "atp"}, "atp_rl": {"stage": "rl"}},
+            methods={
+                "cot_sft": {"stage": "sft", "format": "cot"},
+                "atp": {"stage": "latent_sft", "variant": "atp"},
+                "atp_rl": {"stage": "rl"},
+            },
         ),
         job,
     )
     common = ["--config", str(job), "--data-dir", str(data), "--no-tracking"]
     cli.run(sft.main, cli.training_parser("sft"), common + ["--method", "cot_sft", "--out-dir", str(tmp_path / "cot")])
-    cli.run(latent_sft.main, cli.training_parser("latent"), common + ["--method", "atp", "--out-dir", str(tmp_path / "atp"), "--init", str(tmp_path / "cot" / "model")])
-    cli.run(rl.main, cli.training_parser("rl"), common + ["--method", "atp_rl", "--out-dir", str(tmp_path / "rl"), "--init", str(tmp_path / "atp" / "model")])
+    cli.run(
+        latent_sft.main,
+        cli.training_parser("latent"),
+        common + ["--method", "atp", "--out-dir", str(tmp_path / "atp"), "--init", str(tmp_path / "cot" / "model")],
+    )
+    cli.run(
+        rl.main,
+        cli.training_parser("rl"),
+        common + ["--method", "atp_rl", "--out-dir", str(tmp_path / "rl"), "--init", str(tmp_path / "atp" / "model")],
+    )
     for stage in ("cot", "atp", "rl"):
         weights = load_file(tmp_path / stage / "model" / "model.safetensors")
         assert not any("lora_" in k for k in weights), stage  # adapters merged on save
@@ -132,4 +163,9 @@ def test_the_training_stages_run_on_a_pretrained_model_with_and_without_lora(tin
         rl_decoder = load_file(tmp_path / "rl" / "model" / "decoder" / "model.safetensors")
         assert all(torch.equal(v, sft_decoder[k]) for k, v in rl_decoder.items())
         assert model.decoder.get_input_embeddings().weight.shape[0] == len(tokenizer)
-    assert model.generate([modeling.prompt_ids(tokenizer, splits["val"][0]["question"])], mode="mu", max_answer_tokens=3)[0]["latents"] <= 2
+    assert (
+        model.generate([modeling.prompt_ids(tokenizer, splits["val"][0]["question"])], mode="mu", max_answer_tokens=3)[0][
+            "latents"
+        ]
+        <= 2
+    )

@@ -7,7 +7,14 @@ import json
 import pandas as pd
 import pytest
 
-from atp.stages.report import against_frozen, against_frozen_markdown, best_rl_run, moving_average, plot_accuracy_vs_tokens, plot_rl_curves
+from atp.stages.report import (
+    against_frozen,
+    against_frozen_markdown,
+    best_rl_run,
+    moving_average,
+    plot_accuracy_vs_tokens,
+    plot_rl_curves,
+)
 
 
 def test_moving_average_is_a_trailing_mean():
@@ -26,7 +33,12 @@ def test_the_registered_policy_is_the_best_on_validation_never_a_test_suite(tmp_
 
 
 def test_the_figures_are_written(tmp_path):
-    frame = pd.DataFrame([{"label": "A", "avg_acc": 50.0, "avg_acc_std": 1.0, "avg_tokens": 9.0}, {"label": "B", "avg_acc": 80.0, "avg_acc_std": 0.0, "avg_tokens": 26.0}])
+    frame = pd.DataFrame(
+        [
+            {"label": "A", "avg_acc": 50.0, "avg_acc_std": 1.0, "avg_tokens": 9.0},
+            {"label": "B", "avg_acc": 80.0, "avg_acc_std": 0.0, "avg_tokens": 26.0},
+        ]
+    )
     plot_accuracy_vs_tokens(frame, tmp_path / "a.png")
     history = [{"step": s, "rewards/total/mean": s / 10, "rewards/coherence/mean": 0.2, "rl/accuracy": 0.5} for s in range(1, 6)]
     plot_rl_curves({"atp_rl": history}, tmp_path / "b.png", controls={"atp_rl_frozen (seed 0)": history})
@@ -50,7 +62,10 @@ def test_a_resumed_run_rewrites_its_history_from_the_step_it_restarts_at(tmp_pat
 def test_rl_runs_are_read_against_the_frozen_control_of_their_seed_step_by_step():
     """Hand-built: 8 steps; over the last quarter (steps 7, 8) the run beats its control by 0.1 and 0.3."""
     control = [{"step": t, "rewards/total/mean": 1.0 + (t % 2) * 0.5} for t in range(1, 9)]  # the question mix
-    run = [{"step": t, "rewards/total/mean": r["rewards/total/mean"] + (0.1 if t == 7 else 0.3 if t == 8 else 0.0)} for t, r in zip(range(1, 9), control)]
+    run = [
+        {"step": t, "rewards/total/mean": r["rewards/total/mean"] + (0.1 if t == 7 else 0.3 if t == 8 else 0.0)}
+        for t, r in zip(range(1, 9), control)
+    ]
     rows = against_frozen({("atp_rl", 0): run, ("atp_rl", 1): run}, {("atp_rl_frozen", 0): control})
     assert len(rows) == 1 and rows[0]["control"] == "atp_rl_frozen (seed 0)" and rows[0]["steps"] == "7-8"
     assert rows[0]["difference"] == pytest.approx(0.2) and rows[0]["standard_error"] == pytest.approx(0.1)

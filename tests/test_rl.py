@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from atp import modeling
-from atp.latent import ACTIVE, LatentConfig, LatentReasoner
+from atp.latent import LatentConfig, LatentReasoner
 from atp.rewards import RewardConfig
 from atp.rl import RLConfig, group_advantages, ppo_clip_loss, replay, rollout
 from atp.runtime import seed_everything
@@ -19,7 +19,11 @@ TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediat
 def policy(tiny_data, variant="atp", c=2, max_steps=3):
     cfg, splits, tok = tiny_data
     seed_everything(0)
-    model = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant=variant, c=c, max_steps=max_steps, decoder=TINY_DECODER), tok)
+    model = LatentReasoner(
+        modeling.build_model(cfg["model"], tok),
+        LatentConfig(variant=variant, c=c, max_steps=max_steps, decoder=TINY_DECODER),
+        tok,
+    )
     prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4]]
     return model.eval(), [p for p in prompts for _ in range(4)], tok
 
@@ -95,11 +99,15 @@ def test_the_papers_loss_shape_takes_per_trajectory_means_of_the_latent_and_answ
     assert loss.item() == pytest.approx(-0.5)
     assert sum(parts.values()).item() == pytest.approx(loss.item())
     # latent weight 0.5: row 0's latent term is (2 * 0.5 * -1 + 1 * -1) / 3 = -2/3, row 1's (0.5 * 0.5 + 0.5) / 2 = 0.375
-    weighted, _, parts = ppo_clip_loss(zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5))
+    weighted, _, parts = ppo_clip_loss(
+        zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5)
+    )
     assert weighted.item() == pytest.approx((-2 / 3 - 1 + 0.375 + 0.5) / 2)
     assert parts["latent"].item() == pytest.approx((2 * 0.5 * -1 / 3 + 0.5 * 0.5 / 2) / 2)
     # pooled over actions with the same weight: (2*0.5*-1 + -1 + 3*-1 + 0.5*0.5 + 0.5 + 0.5) / 9
-    pooled, _, _ = ppo_clip_loss(zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5, loss="action"))
+    pooled, _, _ = ppo_clip_loss(
+        zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5, loss="action")
+    )
     assert pooled.item() == pytest.approx((-1 - 1 - 3 + 0.25 + 0.5 + 0.5) / 9)
     # with N processes the normaliser is the global minibatch: this process's two rows of four
     half, _, _ = ppo_clip_loss(zeros, zeros, masks, adv, cfg, rows=4)
@@ -170,7 +178,9 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
     from atp.rl import freeze_decoder, grpo_step
 
     model, prompts, tok = policy(tiny_data)
-    model.backbone = apply_lora(model.backbone, {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    model.backbone = apply_lora(
+        model.backbone, {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    )
     freeze_decoder(model)
     ref = copy.deepcopy(model).requires_grad_(False)
     cfg = RLConfig(questions=4, group_size=4, minibatch_size=8, max_answer_tokens=6, kl_coef=0.1)
@@ -180,9 +190,20 @@ def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n and n.startswith("backbone."))
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     answers = ["1"] * len(prompts)
-    metrics, trajectories = grpo_step(model, optimizer, trainable, prompts, answers, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, ref)
+    metrics, trajectories = grpo_step(
+        model, optimizer, trainable, prompts, answers, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, ref
+    )
     assert len(trajectories) == 16 and all("latent_steps" in t for t in trajectories)
-    for key in ("rewards/total/mean", "rewards/coherence/mean", "rewards/total/group_std", "rl/accuracy", "rl/latents", "rl/clip_fraction", "rl/loss", "rl/kl"):
+    for key in (
+        "rewards/total/mean",
+        "rewards/coherence/mean",
+        "rewards/total/group_std",
+        "rl/accuracy",
+        "rl/latents",
+        "rl/clip_fraction",
+        "rl/loss",
+        "rl/kl",
+    ):
         assert key in metrics and metrics[key] == metrics[key], key
     assert metrics["rewards/total/group_std"] > 0
     # Before the first update the replay reproduces the rollout: nothing is clipped on the first minibatch.
@@ -200,7 +221,9 @@ def test_a_frozen_rl_step_rolls_out_and_scores_but_changes_no_weight(tiny_data):
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     cfg = RLConfig(questions=4, group_size=4, minibatch_size=8, max_answer_tokens=6, frozen=True)
     rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)
-    metrics, trajectories = grpo_step(model, optimizer, trainable, prompts, ["1"] * 16, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, diagnose=True)
+    metrics, trajectories = grpo_step(
+        model, optimizer, trainable, prompts, ["1"] * 16, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0, diagnose=True
+    )
     assert len(trajectories) == 16 and "rewards/total/mean" in metrics and "rl/loss" not in metrics
     assert "rl/grad_cosine/all" in metrics  # the diagnostics still measure the gradient it would have followed
     assert all(torch.equal(p, b) for p, b in zip(trainable, before))
@@ -213,22 +236,34 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     from safetensors.torch import load_file
 
     from atp import cli, config
-    from conftest import write_data_dir
     from atp.latent import save_latent
     from atp.stages import rl as rl_stage
+    from conftest import write_data_dir
 
     cfg, splits, tok = tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
     model, _, _ = policy(tiny_data)
     save_latent(model, tok, tmp_path / "atp", {"step": 0})
-    job = config.resolve({
-        **{k: cfg[k] for k in ("data", "model")},
-        "train": {**cfg["train"], "steps": 4, "checkpoint_every": 2, "log_every": 3, "val_samples": 0, "lr": 1e-3},
-        "rl": {"questions": 2, "group_size": 4, "minibatch_size": 4, "max_answer_tokens": 4, "trajectories_every": 2},
-        "methods": {"atp_rl": {"stage": "rl"}},
-    })
+    job = config.resolve(
+        {
+            **{k: cfg[k] for k in ("data", "model")},
+            "train": {**cfg["train"], "steps": 4, "checkpoint_every": 2, "log_every": 3, "val_samples": 0, "lr": 1e-3},
+            "rl": {"questions": 2, "group_size": 4, "minibatch_size": 4, "max_answer_tokens": 4, "trajectories_every": 2},
+            "methods": {"atp_rl": {"stage": "rl"}},
+        }
+    )
     config.dump(job, tmp_path / "job.yaml")
-    argv = ["--config", str(tmp_path / "job.yaml"), "--method", "atp_rl", "--data-dir", str(data), "--init", str(tmp_path / "atp"), "--no-tracking"]
+    argv = [
+        "--config",
+        str(tmp_path / "job.yaml"),
+        "--method",
+        "atp_rl",
+        "--data-dir",
+        str(data),
+        "--init",
+        str(tmp_path / "atp"),
+        "--no-tracking",
+    ]
     parser = cli.training_parser("rl")
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "a"), "--checkpoint-dir", str(tmp_path / "ck_a")])
     assert not (tmp_path / "ck_a").exists()  # a finished run leaves no checkpoint to resume from

@@ -18,12 +18,35 @@ def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
     cfg, splits, tok = tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
     modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "cot", {})
-    setting = {"variant": "atp", "steps": 3, "stage_steps": 1, "batch_size": 4, "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}}
+    setting = {
+        "variant": "atp",
+        "steps": 3,
+        "stage_steps": 1,
+        "batch_size": 4,
+        "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+    }
     out = tmp_path / "points.jsonl"
     subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "latent_search.py"), "--data-dir", str(data), "--init", str(tmp_path / "cot"), "--setting", json.dumps(setting),
-         "--out", str(out), "--val", "4", "--checkpoint-dir", str(tmp_path / "ckpt")],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            PYTHON,
+            str(ROOT / "scripts" / "latent_search.py"),
+            "--data-dir",
+            str(data),
+            "--init",
+            str(tmp_path / "cot"),
+            "--setting",
+            json.dumps(setting),
+            "--out",
+            str(out),
+            "--val",
+            "4",
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     point = json.loads(out.read_text().splitlines()[-1])
     assert point["setting"] == setting and 0.0 <= point["val_accuracy"] <= 1.0 and "val_accuracy_sample" in point
@@ -32,26 +55,65 @@ def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_the_kv_cache_benchmark_runs(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([PYTHON, str(ROOT / "scripts" / "bench_latent_loop.py"), "--latents", "2", "--repeats", "1", "--batch", "2", "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "scripts" / "bench_latent_loop.py"),
+            "--latents",
+            "2",
+            "--repeats",
+            "1",
+            "--batch",
+            "2",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     rows = json.loads(out.read_text())["rows"]
     assert [r["pass"] for r in rows] == ["forward", "forward+backward"] and all(r["speedup"] > 0 for r in rows)
 
 
 def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(tmp_path):
     """Hand-made results: at budget 1, seed 0, Coconut 60 against pause 55 and No-CoT FT 57: margin +3."""
-    grid = subprocess.run([PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "1", "2", "--seeds", "0"],
-                          check=True, capture_output=True, text=True).stdout
+    grid = subprocess.run(
+        [
+            PYTHON,
+            str(ROOT / "scripts" / "scaling_study.py"),
+            "grid",
+            "--data",
+            "D",
+            "--widths",
+            "64",
+            "--budgets",
+            "1",
+            "2",
+            "--seeds",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     points = [json.loads(line) for line in grid.splitlines() if line.startswith("{")]
     assert len(points) == 1 + 2 * 5 and points[0]["save"] == "D/cot_w64" and all(p["init"] == "D/cot_w64" for p in points[1:])
     assert {p["setting"]["steps"] for p in points[1:]} == {1200, 2400}
     results = tmp_path / "results.jsonl"
     rows = [("pause", 0.55), ("nocot", 0.57), ("coconut", 0.60), ("simcot", 0.50)]
     results.write_text("".join(json.dumps({"name": f"D-w64-x1-{m}-s0", "val_accuracy": v}) + "\n" for m, v in rows))
-    subprocess.run([PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "plot", "--results", str(results), "--out", str(tmp_path / "out")],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "plot", "--results", str(results), "--out", str(tmp_path / "out")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     table = (tmp_path / "out" / "scaling.md").read_text()
-    assert "| 64 | 1x | 0 | coconut | 60.0 | 55.0 | 57.0 | +3.0 |" in table and "| 64 | simcot | 1x | -7.0 +- 0.0 (n=1) |" in table
+    assert (
+        "| 64 | 1x | 0 | coconut | 60.0 | 55.0 | 57.0 | +3.0 |" in table and "| 64 | simcot | 1x | -7.0 +- 0.0 (n=1) |" in table
+    )
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -65,9 +127,24 @@ def test_suite_twins_scores_a_model_on_candidate_suite_settings(tiny_data, tmp_p
     modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "cot", {})
     out = tmp_path / "suites.jsonl"
     subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "suite_twins.py"), "--data-dir", str(data), "--model", str(tmp_path / "cot"), "--n", "6", "--out", str(out),
-         "--candidate", 'hard:q30={"min_ops": 2, "max_quantity": 30, "max_result": 180}'],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            PYTHON,
+            str(ROOT / "scripts" / "suite_twins.py"),
+            "--data-dir",
+            str(data),
+            "--model",
+            str(tmp_path / "cot"),
+            "--n",
+            "6",
+            "--out",
+            str(out),
+            "--candidate",
+            'hard:q30={"min_ops": 2, "max_quantity": 30, "max_result": 180}',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     (line,) = [json.loads(text) for text in out.read_text().splitlines()]
     assert line["suite"] == "hard" and line["label"] == "q30" and line["n"] == 6 and 0.0 <= line["accuracy"] <= 1.0

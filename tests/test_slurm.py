@@ -24,12 +24,26 @@ DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
 
 def test_the_slurm_profile_dry_runs_the_paper_config_offline(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    cmd = [PYTHON, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(tmp_path),
-           "--workflow-profile", str(ROOT / "profiles" / "slurm"), "--configfile", str(tmp_path / "config" / "paper.yaml")]
+    cmd = [
+        PYTHON,
+        "-m",
+        "snakemake",
+        "-n",
+        "--snakefile",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--workflow-profile",
+        str(ROOT / "profiles" / "slurm"),
+        "--configfile",
+        str(tmp_path / "config" / "paper.yaml"),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout)
-    assert counts["train"] == 12 and counts["evaluate"] == 10 and counts["prepare_data"] == 1  # + the frozen RL control, not evaluated
+    assert (
+        counts["train"] == 12 and counts["evaluate"] == 10 and counts["prepare_data"] == 1
+    )  # + the frozen RL control, not evaluated
 
 
 def _install_slurm() -> str | None:
@@ -74,16 +88,40 @@ def test_pipeline_jobs_run_through_sbatch_on_a_single_node_cluster(slurm_cluster
     target = "results/test/train/cot_sft/seed0/metrics.json"
     env = {**os.environ, "PATH": f"{Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}  # sbatch --export=ALL
     cmd = [
-        PYTHON, "-m", "snakemake", target, "--snakefile", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(TEST_CONFIG), "--executor", "slurm", "--workflow-profile", "none", "--jobs", "2",
-        "--default-resources", "slurm_partition=debug", "runtime=30", "mem_mb=2000", "--slurm-no-account", "--slurm-keep-successful-logs",
+        PYTHON,
+        "-m",
+        "snakemake",
+        target,
+        "--snakefile",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(TEST_CONFIG),
+        "--executor",
+        "slurm",
+        "--workflow-profile",
+        "none",
+        "--jobs",
+        "2",
+        "--default-resources",
+        "slurm_partition=debug",
+        "runtime=30",
+        "mem_mb=2000",
+        "--slurm-no-account",
+        "--slurm-keep-successful-logs",
         # No slurmdbd on this cluster: sacct answers "Slurm accounting storage is disabled", and the plugin,
         # polling with sacct by default, would never see a job finish. squeue works (MinJobAge=600).
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "2",
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:] + _logs(slurm_cluster)
-    assert (workdir / target).exists() and (workdir / "results" / "test" / "train" / "cot_sft" / "seed0" / "model" / "model.safetensors").exists()
+    assert (workdir / target).exists() and (
+        workdir / "results" / "test" / "train" / "cot_sft" / "seed0" / "model" / "model.safetensors"
+    ).exists()
     logs = sorted((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.parent.parent.name for p in logs} == {"rule_prepare_data", "rule_train"}, logs
     jobs = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%j %T"], capture_output=True, text=True, timeout=30)

@@ -46,7 +46,9 @@ def test_gsm_hard(tmp_path):
 
 def test_svamp_json_list(tmp_path):
     path = tmp_path / "svamp.json"
-    path.write_text(json.dumps([{"Body": "Jack had 8 pens", "Question": "How many now?", "Equation": "( 8.0 - 3.0 )", "Answer": 5.0}]))
+    path.write_text(
+        json.dumps([{"Body": "Jack had 8 pens", "Question": "How many now?", "Equation": "( 8.0 - 3.0 )", "Answer": 5.0}])
+    )
     (record,), _ = load_source(SourceSpec(format="svamp", path=str(path)), "svamp")
     assert record["question"] == "Jack had 8 pens. How many now?"
     assert record["answer"] == "5" and record["equation"] == "( 8.0 - 3.0 )"
@@ -114,7 +116,10 @@ def test_skip_bad_records_counts_them(tmp_path):
 def test_skip_bad_records_keeps_the_good_lines_around_invalid_json_and_a_byte_order_mark(tmp_path):
     path = tmp_path / "aug.jsonl"
     good = lambda q: json.dumps({"question": q, "cot": "<<1+2=3>>", "answer": "3"})  # noqa: E731
-    path.write_text("\n".join([good("A"), '{"question": "broken', good("B"), "\ufeff" + good("C"), "not json at all", good("D")]) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join([good("A"), '{"question": "broken', good("B"), "\ufeff" + good("C"), "not json at all", good("D")]) + "\n",
+        encoding="utf-8",
+    )
     records, skipped = load_source(SourceSpec(format="gsm8k_aug", path=str(path)), "train", skip_bad=True)
     assert [r["question"] for r in records] == ["A", "B", "D"] and skipped == 3
     with pytest.raises(DataError, match=rf"{path}:2.*invalid JSON"):
@@ -123,7 +128,10 @@ def test_skip_bad_records_keeps_the_good_lines_around_invalid_json_and_a_byte_or
 
 def test_records_of_a_json_list_are_named_by_the_line_they_start_on(tmp_path):
     path = tmp_path / "svamp.json"
-    rows = [{"Body": "A has 3.", "Question": "How many?", "Equation": "( 3 + 0 )", "Answer": 3}, {"Body": "B", "Question": "Q?", "Equation": "x", "Answer": "many"}]
+    rows = [
+        {"Body": "A has 3.", "Question": "How many?", "Equation": "( 3 + 0 )", "Answer": 3},
+        {"Body": "B", "Question": "Q?", "Equation": "x", "Answer": "many"},
+    ]
     path.write_text("[\n" + ",\n".join(json.dumps(r, indent=1) for r in rows) + "\n]\n")
     first_line_of_second = 2 + json.dumps(rows[0], indent=1).count("\n") + 1
     with pytest.raises(DataError, match=rf"{path}:{first_line_of_second}\b.*not a number"):
@@ -160,15 +168,26 @@ def test_an_empty_suite_is_named_by_its_full_config_key(tmp_path, capfd):
 
     bad = tmp_path / "gsm.jsonl"
     bad.write_text('{"question": "Q"}\n')
-    job = config.resolve({
-        "data": {"skip_bad_records": True, "train": {"n": 20}, "val": {"n": 5}, "suites": {"gsm": {"source": "file", "format": "gsm8k", "path": str(bad)}}},
-        "model": {"vocab_size": 64},
-    })
+    job = config.resolve(
+        {
+            "data": {
+                "skip_bad_records": True,
+                "train": {"n": 20},
+                "val": {"n": 5},
+                "suites": {"gsm": {"source": "file", "format": "gsm8k", "path": str(bad)}},
+            },
+            "model": {"vocab_size": 64},
+        }
+    )
     config.dump(job, tmp_path / "job.yaml")
     parser = cli.parser("data")
     parser.add_argument("--out-dir", required=True)
     with pytest.raises(SystemExit) as exit_code:
-        cli.run(prepare_data.main, parser, ["--config", str(tmp_path / "job.yaml"), "--out-dir", str(tmp_path / "out"), "--no-tracking"])
+        cli.run(
+            prepare_data.main,
+            parser,
+            ["--config", str(tmp_path / "job.yaml"), "--out-dir", str(tmp_path / "out"), "--no-tracking"],
+        )
     logged = "".join(capfd.readouterr())
     assert exit_code.value.code == 2 and "config key 'data.suites.gsm'" in logged and "the split is empty" in logged
     assert not (tmp_path / "out").exists()

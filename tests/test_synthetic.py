@@ -4,7 +4,7 @@ import json
 import random
 import re
 
-from atp.data.synthetic import SuiteSpec, TEMPLATES, all_labels, generate_split, make_problem
+from atp.data.synthetic import TEMPLATES, SuiteSpec, all_labels, generate_split, make_problem
 from atp.text import normalise_question, parse_equation
 
 

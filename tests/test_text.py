@@ -74,6 +74,21 @@ def test_one_parser_reads_gsm8k_aug_steps(step, operands, result, holds):
     assert equation.holds() is holds and equation_holds(step) is holds
 
 
-@pytest.mark.parametrize("step", ["<<3*4=12", "<<3*4=12>>junk", "x<<3*4=12>>", "<<3*4>>", "<<3*4=x>>", "<<3*(4=12>>", "<<3+4)=7>>", "<<3+=7>>", "<<=7>>", "<<>>", "<<import os=1>>"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        "<<3*4=12",
+        "<<3*4=12>>junk",
+        "x<<3*4=12>>",
+        "<<3*4>>",
+        "<<3*4=x>>",
+        "<<3*(4=12>>",
+        "<<3+4)=7>>",
+        "<<3+=7>>",
+        "<<=7>>",
+        "<<>>",
+        "<<import os=1>>",
+    ],
+)
 def test_what_is_not_an_equation(step):
     assert parse_equation(step) is None and not equation_holds(step)

@@ -67,7 +67,18 @@ def test_resume_from_checkpoint_is_exact(tiny_data, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(model_b, examples, cfg_b, CPU, 0, tmp_path / "b", TokenObjective(tok.pad_token_id), Recorder(), {}, on_log=stop_after_seven)
+        train(
+            model_b,
+            examples,
+            cfg_b,
+            CPU,
+            0,
+            tmp_path / "b",
+            TokenObjective(tok.pad_token_id),
+            Recorder(),
+            {},
+            on_log=stop_after_seven,
+        )
     saved = [int(p.name[5:]) for p in checkpoints(tmp_path / "b")]
     assert saved == [3, 6]  # keep_checkpoints=2
     model_c, _, _, _ = _setup(tiny_data)
@@ -84,7 +95,8 @@ def test_resume_from_checkpoint_is_exact(tiny_data, tmp_path):
 
 def test_a_checkpoint_of_the_other_optimizer_format_is_refused(tiny_data, tmp_path):
     """FSDP checkpoints hold the optimizer state keyed by parameter name, 1-process and DDP ones torch's
-    positional state dict: resuming across them would lose the optimizer state, so it is refused (the weights file is the same)."""
+    positional state dict: resuming across them would lose the optimizer state, so it is refused (the weights file is
+    the same)."""
     import json
 
     from atp.config import ConfigError

@@ -23,7 +23,9 @@ def pipeline(tmp_path_factory):
 
 
 def test_lint_is_clean():
-    result = subprocess.run([PYTHON, "-m", "snakemake", "--lint", "--cores", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [PYTHON, "-m", "snakemake", "--lint", "--cores", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert "good condition" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
@@ -61,7 +63,14 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
     stages = sorted(run.data.tags["stage"] for run in children)
-    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + ["report", "rl", "rl", "sft_cot", "sft_nocot", "table"]  # rl: atp_rl and its frozen control
+    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + [
+        "report",
+        "rl",
+        "rl",
+        "sft_cot",
+        "sft_nocot",
+        "table",
+    ]  # rl: atp_rl and its frozen control
     card = json.loads((pipeline / "results" / "test" / "data" / "card.json").read_text())
     digests = {f"data_digest.{c['split']}": c["sha256"][:16] for c in card["splits"]}
     # Provenance on every run: the code (commit, dirty flag), the job's config (hash) and the data (digests).
@@ -105,7 +114,11 @@ def test_a_second_run_from_scratch_gives_the_same_bytes_and_another_seed_does_no
     shutil.copytree(ROOT / "config", again / "config")
     snakemake(again)
     produced = ("metrics.json", "history.jsonl", "predictions.jsonl", "table.md", "table.csv", "card.json", "train.jsonl")
-    files = sorted(p.relative_to(pipeline) for p in (pipeline / "results" / "test").rglob("*") if p.name in produced or p.suffix == ".safetensors")
+    files = sorted(
+        p.relative_to(pipeline)
+        for p in (pipeline / "results" / "test").rglob("*")
+        if p.name in produced or p.suffix == ".safetensors"
+    )
     assert len(files) > 40
     for name in files:
         assert (pipeline / name).read_bytes() == (again / name).read_bytes(), name
@@ -155,15 +168,27 @@ def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the
     run = exp / "train" / "atp_rl" / "seed0"
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2, 3]
-    assert {"rewards/total/mean", "rewards/coherence/mean", "rewards/total/group_std", "rl/accuracy", "rl/latents", "rl/clip_fraction", "rl/loss"} <= set(history[0])
+    assert {
+        "rewards/total/mean",
+        "rewards/coherence/mean",
+        "rewards/total/group_std",
+        "rl/accuracy",
+        "rl/latents",
+        "rl/clip_fraction",
+        "rl/loss",
+    } <= set(history[0])
     trajectories = [json.loads(line) for line in (run / "trajectories" / "step_000002.jsonl").read_text().splitlines()]
-    assert len(trajectories) == 4 and {"question", "latent_steps", "completion", "reward_total", "advantage"} <= set(trajectories[0])
+    assert len(trajectories) == 4 and {"question", "latent_steps", "completion", "reward_total", "advantage"} <= set(
+        trajectories[0]
+    )
     for png in ("accuracy_vs_tokens.png", "rl_curves.png"):
         assert (exp / "report" / png).read_bytes()[:4] == b"\x89PNG"
     # The frozen-policy control ran the same schedule without updating, and the report reads the RL run against it.
     frozen = [json.loads(line) for line in (exp / "train" / "atp_rl_frozen" / "seed0" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in frozen] == [1, 2, 3] and "rl/loss" not in frozen[0] and "rewards/total/mean" in frozen[0]
-    assert (exp / "report" / "rl_vs_frozen.md").read_text().count("| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |") == 2  # accuracy, reward
+    assert (exp / "report" / "rl_vs_frozen.md").read_text().count(
+        "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |"
+    ) == 2  # accuracy, reward
     assert "rl/first_clip_fraction" in history[0] and history[0]["rl/first_clip_fraction"] == 0.0  # rollout and replay agree
     assert "rl/grad_cosine/all" in history[0]  # diagnostics at step 0 (rl.diagnostics_every)
     registry = json.loads((exp / "report" / "registry.json").read_text())
@@ -192,7 +217,12 @@ def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline
 
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
-    assert counts.get("train") == 2 and counts.get("evaluate") == 1 and counts.get("table") == 1 and counts.get("report_figures") == 1  # atp_rl, its frozen control
+    assert (
+        counts.get("train") == 2
+        and counts.get("evaluate") == 1
+        and counts.get("table") == 1
+        and counts.get("report_figures") == 1
+    )  # atp_rl, its frozen control
 
 
 def test_a_later_run_reopens_the_same_parent_and_ends_it_again(pipeline):

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from atp.data.records import DataError, validate_record
 from atp.text import canonical_number, extract_steps
@@ -197,7 +197,7 @@ def _json_list_rows(text: str, path: Path) -> Iterator[tuple[str, object]]:
     line_of = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
     pos = len(text) - len(text.lstrip())
     if not text.startswith("[", pos):
-        raise DataError(str(path), f"expected a JSON list of records, got {text[pos:pos + 20]!r}")
+        raise DataError(str(path), f"expected a JSON list of records, got {text[pos : pos + 20]!r}")
     pos += 1
     while True:
         while pos < len(text) and text[pos] in " \t\r\n,":

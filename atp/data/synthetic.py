@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 from atp.text import normalise_question
 
@@ -128,7 +128,7 @@ class SuiteSpec:
                 raise ValueError(f"{name} must be in [0, 1]")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "SuiteSpec":
+    def from_dict(cls, values: dict) -> SuiteSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -141,8 +141,8 @@ class Node:
     """A leaf (op None) or an operation over two children; `person` names an operation's result."""
 
     op: str | None = None
-    left: "Node | None" = None
-    right: "Node | None" = None
+    left: Node | None = None
+    right: Node | None = None
     value: int = 0
     person: str = ""
     children_kinds: str = field(default="", repr=False)

@@ -45,7 +45,25 @@ from atp.latent.reasoner import LatentReasoner, SlotRun, answer_ids
 from atp.train import IGNORE  # one definition, shared with the token objective
 
 __all__ = [
-    "ABSENT", "ACTIVE", "IGNORE", "MASKED", "VARIANTS", "LatentBatch", "LatentConfig", "LatentObjective", "LatentReasoner",
-    "LatentRecord", "Layout", "SlotRun", "Variant", "answer_ids", "encode_latent_records", "is_latent", "layout",
-    "load_latent", "make_batch", "save_latent", "step_boundaries",
+    "ABSENT",
+    "ACTIVE",
+    "IGNORE",
+    "MASKED",
+    "VARIANTS",
+    "LatentBatch",
+    "LatentConfig",
+    "LatentObjective",
+    "LatentReasoner",
+    "LatentRecord",
+    "Layout",
+    "SlotRun",
+    "Variant",
+    "answer_ids",
+    "encode_latent_records",
+    "is_latent",
+    "layout",
+    "load_latent",
+    "make_batch",
+    "save_latent",
+    "step_boundaries",
 ]

@@ -37,7 +37,9 @@ def _replayable_cache_class():
             super().__init__()
             self._start: dict[int, tuple] = {}
             if previous is not None:
-                self.layers = [copy.copy(layer) for layer in previous.layers]  # DynamicLayer.update rebinds, never writes in place
+                self.layers = [
+                    copy.copy(layer) for layer in previous.layers
+                ]  # DynamicLayer.update rebinds, never writes in place
 
         def update(self, key_states, value_states, layer_idx, *args, **kwargs):
             if layer_idx in self._start:  # the recomputation of this pass's layer

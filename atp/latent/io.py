@@ -18,7 +18,9 @@ def save_latent(model: LatentReasoner, tokenizer, out_dir: str | Path, meta: dic
 
     out_dir = Path(out_dir)
     save_model(model.backbone, tokenizer, out_dir, meta)
-    heads = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(("backbone.", "decoder."))}
+    heads = {
+        k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if not k.startswith(("backbone.", "decoder."))
+    }
     if heads:
         save_file(heads, out_dir / "latent_heads.safetensors")
     if model.cfg.spec.decoder:

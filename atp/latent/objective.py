@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from atp.latent.layout import ABSENT, Layout, LatentConfig, LatentRecord, layout, step_boundaries
+from atp.latent.layout import ABSENT, LatentConfig, LatentRecord, Layout, layout, step_boundaries
 from atp.train import IGNORE
 
 if TYPE_CHECKING:
@@ -44,8 +44,16 @@ def make_batch(model: LatentReasoner, records: list[LatentRecord], stages: list[
         suffix[b, : len(lay.suffix)] = torch.tensor(lay.suffix)
         suffix_mask[b, : len(lay.suffix)] = 1
     labels = torch.where(suffix_mask.bool(), suffix, torch.full_like(suffix, IGNORE))[:, 1:]
-    return LatentBatch(prefix.to(device), prefix_mask.to(device), state.to(device), suffix.to(device), suffix_mask.to(device),
-                       labels.to(device), layouts)
+    return LatentBatch(
+        prefix.to(device),
+        prefix_mask.to(device),
+        state.to(device),
+        suffix.to(device),
+        suffix_mask.to(device),
+        labels.to(device),
+        layouts,
+    )
+
 
 def decoder_loss_sum(model: LatentReasoner, feeds: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
     """Summed CE of decoding each row's target text (+EOS) from its c fed-back latents (P, c, d)."""
@@ -63,12 +71,17 @@ def decoder_loss_sum(model: LatentReasoner, feeds: torch.Tensor, targets: list[l
     logits = model.decoder(inputs_embeds=embeds, attention_mask=mask).logits[:, c - 1 :]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum")
 
+
 def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tensor]:
     """Sums of each loss term over a micro-batch (the objective divides them by batch totals)."""
     spec, c = model.cfg.spec, model.cfg.c
     run = model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state)
     logits = model.run_suffix(run, batch.suffix, batch.suffix_mask)[:, :-1]
-    sums = {"ce": F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE, reduction="sum")}
+    sums = {
+        "ce": F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        )
+    }
     present = batch.state != ABSENT  # (B, N): the row's own slots, real or surplus
     if spec.kl and run.mu is not None:
         mu, logvar = run.mu, run.logvar
@@ -90,10 +103,13 @@ def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tens
                 logits_stop.append(run.stop_logits[b, firsts[i]])
                 labels.append(label)
         if logits_stop:
-            sums["stop"] = F.cross_entropy(torch.stack(logits_stop).float(), torch.tensor(labels, device=logits.device), reduction="sum")
+            sums["stop"] = F.cross_entropy(
+                torch.stack(logits_stop).float(), torch.tensor(labels, device=logits.device), reduction="sum"
+            )
         else:
             sums["stop"] = logits.sum() * 0
     return sums
+
 
 class LatentObjective:
     """The latent-SFT loss of method.md section 5, normalised over the effective batch.

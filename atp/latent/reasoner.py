@@ -149,7 +149,12 @@ class LatentReasoner(nn.Module):
         return v * self.cfg.scale
 
     def latent(
-        self, h: torch.Tensor, norm: torch.Tensor | None, mode: str = "sample", generator: torch.Generator | None = None, z: torch.Tensor | None = None
+        self,
+        h: torch.Tensor,
+        norm: torch.Tensor | None,
+        mode: str = "sample",
+        generator: torch.Generator | None = None,
+        z: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The latent of the slot after hidden state `h` (B, d): z, what is fed, and mu/logvar where they exist.
 
@@ -183,7 +188,8 @@ class LatentReasoner(nn.Module):
     # ------------------------------------------------------------ gradient checkpointing
 
     def enable_gradient_checkpointing(self) -> None:
-        """Recompute the backbone's and the step decoder's layer activations in the backward pass (`train.gradient_checkpointing`).
+        """Recompute the backbone's and the step decoder's layer activations in the backward pass
+        (`train.gradient_checkpointing`).
 
         transformers drops the KV cache of a checkpointed layer (it would be written twice), which would cut
         every slot off from what came before it; the backbone's layers keep it here, and the loop then runs
@@ -205,7 +211,9 @@ class LatentReasoner(nn.Module):
 
     def recomputes(self) -> bool:
         """Whether a backbone forward now would be checkpointed (checkpointing on, a layer in training mode, gradients on)."""
-        return torch.is_grad_enabled() and any(getattr(layer, "gradient_checkpointing", False) and layer.training for layer in self.core.layers)
+        return torch.is_grad_enabled() and any(
+            getattr(layer, "gradient_checkpointing", False) and layer.training for layer in self.core.layers
+        )
 
     def new_cache(self):
         """The KV cache of one latent loop: a ReplayableCache when the passes will be recomputed, else a DynamicCache."""
@@ -276,7 +284,13 @@ class LatentReasoner(nn.Module):
                     records[key].append(lat[key])
             active = (state[:, j] == ACTIVE).long()
             mask = torch.cat([mask, active[:, None]], dim=1)
-            out = core(inputs_embeds=lat["feed"][:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            out = core(
+                inputs_embeds=lat["feed"][:, None],
+                attention_mask=mask,
+                position_ids=next_pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
             cache = next_pass(cache)
             h = out.last_hidden_state[:, -1]
             next_pos = next_pos + active
@@ -293,7 +307,9 @@ class LatentReasoner(nn.Module):
         mask = torch.cat([run.mask, suffix_mask], dim=1)
         positions = run.next_pos[:, None] + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.embed(suffix)
-        hidden = self.core(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=run.cache, use_cache=True).last_hidden_state
+        hidden = self.core(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=run.cache, use_cache=True
+        ).last_hidden_state
         return self.logits(hidden)
 
     # ------------------------------------------------------------ training
@@ -308,7 +324,13 @@ class LatentReasoner(nn.Module):
     # ------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], mode: str = "sample", generator: torch.Generator | None = None, max_answer_tokens: int = 16) -> list[dict]:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        mode: str = "sample",
+        generator: torch.Generator | None = None,
+        max_answer_tokens: int = 16,
+    ) -> list[dict]:
         """Latent reasoning then greedy answer decoding for a batch of prompts.
 
         The stop head (argmax) ends reasoning at a step boundary; variants without one
@@ -319,14 +341,23 @@ class LatentReasoner(nn.Module):
         B = len(prompts)
         prefix, prefix_mask = self.prefix(prompts)
         state = torch.full((B, self.cfg.slots), ACTIVE, dtype=torch.long, device=device)
-        run = self.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), state, mode=mode, generator=generator, stop_rule="argmax" if self.cfg.spec.stop else None)
+        run = self.run_prefix_and_slots(
+            prefix.to(device),
+            prefix_mask.to(device),
+            state,
+            mode=mode,
+            generator=generator,
+            stop_rule="argmax" if self.cfg.spec.stop else None,
+        )
         used = (run.state == ACTIVE).sum(-1)
         feeds = run.feed
         tokens, taken, _ = self.decode_answer(run, max_answer_tokens)
         ids = answer_ids(tokens, taken, self.eos_id)
         return [{"answer_ids": ids[b], "latents": int(n), "feeds": feeds[b, : int(n)].cpu()} for b, n in enumerate(used)]
 
-    def decode_answer(self, run: SlotRun, max_tokens: int, temperature: float | None = None, generator: torch.Generator | None = None):
+    def decode_answer(
+        self, run: SlotRun, max_tokens: int, temperature: float | None = None, generator: torch.Generator | None = None
+    ):
         """The answer after <eot>, one token at a time on the run's cache: greedy, or sampled at `temperature`.
 
         Returns the tokens (B, T; padding after a row's EOS), which of them were taken (through
@@ -341,7 +372,13 @@ class LatentReasoner(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_tokens):
             mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=device)], dim=1)
-            hidden = self.core(inputs_embeds=self.embed(token), attention_mask=mask, position_ids=pos[:, None], past_key_values=cache, use_cache=True).last_hidden_state
+            hidden = self.core(
+                inputs_embeds=self.embed(token),
+                attention_mask=mask,
+                position_ids=pos[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            ).last_hidden_state
             cache = next_pass(cache)
             logits = self.logits(hidden[:, -1])
             if temperature is None:

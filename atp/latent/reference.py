@@ -13,8 +13,13 @@ from atp.latent.reasoner import LatentReasoner
 
 
 def recomputed_logits(
-    model: LatentReasoner, prefix: torch.Tensor, prefix_mask: torch.Tensor, slot_state: torch.Tensor, suffix: torch.Tensor,
-    suffix_mask: torch.Tensor, mode: str = "mu",
+    model: LatentReasoner,
+    prefix: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    slot_state: torch.Tensor,
+    suffix: torch.Tensor,
+    suffix_mask: torch.Tensor,
+    mode: str = "mu",
 ) -> torch.Tensor:
     """Logits over `suffix` after `prefix` and the slots of `slot_state` (no stop rule), each slot's hidden state
     computed by a forward pass over everything before it."""
@@ -37,7 +42,8 @@ def recomputed_logits(
         next_pos = next_pos + active
     suffix_pos = next_pos[:, None] + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = core(
-        inputs_embeds=torch.cat([embeds, model.embed(suffix)], dim=1), attention_mask=torch.cat([mask, suffix_mask], dim=1),
+        inputs_embeds=torch.cat([embeds, model.embed(suffix)], dim=1),
+        attention_mask=torch.cat([mask, suffix_mask], dim=1),
         position_ids=torch.cat([positions, suffix_pos], dim=1),
     ).last_hidden_state[:, -suffix.shape[1] :]
     return model.logits(hidden)

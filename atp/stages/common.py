@@ -83,5 +83,7 @@ def validation_metrics(model, tokenizer, data_dir: Path, samples: int, seed: int
         metrics.update({f"val/accuracy{suffix}": m["accuracy"], f"val/tokens{suffix}": m["tokens"]})
         if m["fidelity"] is not None:
             metrics[f"val/fidelity{suffix}"] = m["fidelity"]
-        logging.getLogger("atp.validation").info("val accuracy (%s latents) %.3f, %.2f tokens, on %d problems", mode, m["accuracy"], m["tokens"], len(val))
+        logging.getLogger("atp.validation").info(
+            "val accuracy (%s latents) %.3f, %.2f tokens, on %d problems", mode, m["accuracy"], m["tokens"], len(val)
+        )
     return metrics

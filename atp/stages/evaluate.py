@@ -30,7 +30,9 @@ log = logging.getLogger("atp.evaluate")
 def evaluate_language(model, tokenizer, records: list[dict], eval_cfg: EvalConfig, device) -> tuple[list[dict], dict]:
     from atp.evaluate import greedy_generate, score
 
-    generations = greedy_generate(model, tokenizer, [r["question"] for r in records], eval_cfg.max_new_tokens, eval_cfg.batch_size, device, progress=True)
+    generations = greedy_generate(
+        model, tokenizer, [r["question"] for r in records], eval_cfg.max_new_tokens, eval_cfg.batch_size, device, progress=True
+    )
     return score(records, generations)
 
 
@@ -41,7 +43,12 @@ def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig,
     questions = [r["question"] for r in records]
 
     def run(mode: str, seed: int):
-        return score_latent(records, latent_generate(model, tokenizer, questions, mode, seed, eval_cfg.batch_size, eval_cfg.max_answer_tokens, device, progress=True))
+        return score_latent(
+            records,
+            latent_generate(
+                model, tokenizer, questions, mode, seed, eval_cfg.batch_size, eval_cfg.max_answer_tokens, device, progress=True
+            ),
+        )
 
     mu_predictions, mu_metrics = run("mu", 0)
     if not model.cfg.spec.stochastic:
@@ -78,7 +85,9 @@ def main(args, config: dict) -> None:
     trained_by = read_json(Path(args.model) / "meta.json").get("config_hash")  # the training job's config, for the table
     out_dir = Path(args.out_dir)
     tags = {"rule": args.rule or "evaluate", "wildcards": args.wildcards, "seed": args.seed, "method": args.method}
-    with Tracker(config, "evaluate", args.parent, f"eval-{args.method}-seed{args.seed}", tags, enabled=not args.no_tracking) as tracker:
+    with Tracker(
+        config, "evaluate", args.parent, f"eval-{args.method}-seed{args.seed}", tags, enabled=not args.no_tracking
+    ) as tracker:
         for suite in args.suites:
             records = read_jsonl(Path(args.data_dir) / f"{suite}.jsonl", check_steps=False)
             if eval_cfg.limit is not None:
@@ -88,8 +97,13 @@ def main(args, config: dict) -> None:
                 predictions, metrics = evaluate(model, tokenizer, records, eval_cfg, dist.device)
             seconds = time.time() - started
             write_jsonl(out_dir / suite / "predictions.jsonl", predictions)
-            write_json(out_dir / suite / "metrics.json", {"method": args.method, "seed": args.seed, "suite": suite, "model_config_hash": trained_by, **metrics})
-            log.info("%s on %s: accuracy %.4f, %.1f tokens, %.1fs", args.method, suite, metrics["accuracy"], metrics["tokens"], seconds)
+            write_json(
+                out_dir / suite / "metrics.json",
+                {"method": args.method, "seed": args.seed, "suite": suite, "model_config_hash": trained_by, **metrics},
+            )
+            log.info(
+                "%s on %s: accuracy %.4f, %.1f tokens, %.1fs", args.method, suite, metrics["accuracy"], metrics["tokens"], seconds
+            )
             scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
             for key in ("fidelity_by_step", "accuracy_by_steps"):
                 scalars.update({f"{key}/{k}": v for k, v in metrics.get(key, {}).items()})

@@ -36,23 +36,57 @@ def main(args, config: dict) -> None:
     model = LatentReasoner(starting_model(args, config, s.tokenizer), latent_cfg, s.tokenizer).to(s.dist.device)
     if s.train_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()  # KV-cache-safe for the latent loop (see LatentReasoner)
-    records, dropped = encode_latent_records(read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, s.train_cfg.max_length, latent_cfg)
+    records, dropped = encode_latent_records(
+        read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, s.train_cfg.max_length, latent_cfg
+    )
     lengths = [len(r.prompt) + sum(map(len, r.steps)) for r in records]
     log.info(
-        "%s (variant %s, c=%d, S=%d, %d steps per curriculum stage): %d parameters, %d training problems (%d dropped), %d steps of %d",
-        args.method, latent_cfg.variant, latent_cfg.c, latent_cfg.max_steps, latent_cfg.stage_steps,
-        modeling.count_parameters(model), len(records), dropped, s.train_cfg.steps, s.train_cfg.batch_size,
+        "%s (variant %s, c=%d, S=%d, %d steps per curriculum stage): %d parameters, %d training problems (%d "
+        "dropped), %d steps of %d",
+        args.method,
+        latent_cfg.variant,
+        latent_cfg.c,
+        latent_cfg.max_steps,
+        latent_cfg.stage_steps,
+        modeling.count_parameters(model),
+        len(records),
+        dropped,
+        s.train_cfg.steps,
+        s.train_cfg.batch_size,
     )
     objective = LatentObjective(latent_cfg, args.seed, s.tokenizer.eos_token_id, model.eot_id)
     started = time.time()
-    with Tracker(config, "latent_sft", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
-        tracker.log_metrics({"data/train_problems": len(records), "data/dropped": dropped, "model/parameters": modeling.count_parameters(model)})
-        metrics = train(model, records, s.train_cfg, s.dist, args.seed, s.ckpt_dir, objective, tracker, s.meta, lengths=lengths, history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir))
+    with Tracker(
+        config,
+        "latent_sft",
+        args.parent,
+        f"train-{args.method}-seed{args.seed}",
+        s.tags,
+        enabled=s.dist.is_main and not args.no_tracking,
+    ) as tracker:
+        tracker.log_metrics(
+            {"data/train_problems": len(records), "data/dropped": dropped, "model/parameters": modeling.count_parameters(model)}
+        )
+        metrics = train(
+            model,
+            records,
+            s.train_cfg,
+            s.dist,
+            args.seed,
+            s.ckpt_dir,
+            objective,
+            tracker,
+            s.meta,
+            lengths=lengths,
+            history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir),
+        )
         metrics["train/seconds"] = time.time() - started
         metrics["train/final_stage_steps"] = max(0, s.train_cfg.steps - (latent_cfg.max_steps - 1) * latent_cfg.stage_steps)
         if s.dist.is_main:
             if s.train_cfg.val_samples:
-                metrics.update(validation_metrics(model, s.tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device))
+                metrics.update(
+                    validation_metrics(model, s.tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device)
+                )
             save_latent(model, s.tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps})
             write_metrics(metrics, s.out_dir, tracker, s.train_cfg.steps)
     if s.dist.is_main:  # only once the outputs are written and MLflow has them

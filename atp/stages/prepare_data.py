@@ -105,14 +105,16 @@ def data_card(name: str, records: list[dict], tokenizer, skipped: int) -> dict:
 
 def card_markdown(cards: list[dict]) -> str:
     lines = [
-        "| split | count | skipped | steps mean (min-max) | equivalent labels mean (max) | prompt tokens mean (max) | CoT tokens mean (max) | sha256 |",
+        "| split | count | skipped | steps mean (min-max) | equivalent labels mean (max) | prompt tokens mean (max) "
+        "| CoT tokens mean (max) | sha256 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in cards:
         eq = c.get("equivalent_labels")
         eq_text = f"{eq['mean']} ({eq['max']})" if eq else "-"
         lines.append(
-            f"| {c['split']} | {c['count']} | {c['skipped_bad_records']} | {c['steps']['mean']} ({c['steps']['min']}-{c['steps']['max']}) "
+            f"| {c['split']} | {c['count']} | {c['skipped_bad_records']} | {c['steps']['mean']} "
+            f"({c['steps']['min']}-{c['steps']['max']}) "
             f"| {eq_text} | {c['prompt_tokens']['mean']} ({c['prompt_tokens']['max']}) "
             f"| {c['cot_target_tokens']['mean']} ({c['cot_target_tokens']['max']}) | {c['sha256'][:12]} |"
         )
@@ -128,7 +130,9 @@ def main(args, config: dict) -> None:
     tokenizer = make_tokenizer(config, splits["train"])
     cards = []
     (out_dir / "twins").mkdir(parents=True, exist_ok=True)  # a declared output, empty when no suite is synthetic
-    outputs = [(name, records, skipped[name]) for name, records in splits.items()] + [(f"twins/{name}", records, 0) for name, records in twins.items()]
+    outputs = [(name, records, skipped[name]) for name, records in splits.items()] + [
+        (f"twins/{name}", records, 0) for name, records in twins.items()
+    ]
     for name, records, bad in outputs:  # written only after every split was read and checked
         path = out_dir / f"{name}.jsonl"
         write_jsonl(path, records)
@@ -137,7 +141,14 @@ def main(args, config: dict) -> None:
     write_json(out_dir / "card.json", {"splits": cards, "vocab_size": len(tokenizer)})
     (out_dir / "card.md").write_text(card_markdown(cards), encoding="utf-8")
     log.info("wrote %s", ", ".join(f"{c['split']}={c['count']}" for c in cards))
-    with Tracker(config, "data", args.parent, "data", {"rule": args.rule or "data", "wildcards": args.wildcards}, enabled=not args.no_tracking) as tracker:
+    with Tracker(
+        config,
+        "data",
+        args.parent,
+        "data",
+        {"rule": args.rule or "data", "wildcards": args.wildcards},
+        enabled=not args.no_tracking,
+    ) as tracker:
         for card in cards:
             tracker.log_input(card["split"], card["sha256"], card["path"], card["count"])
         tracker.set_parent_tags(data_tags(out_dir / "card.json"))

@@ -54,13 +54,19 @@ def plot_accuracy_vs_tokens(frame, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
     markers = "osD^v<>pPhX*"
     for i, (_, row) in enumerate(frame.iterrows()):  # a legend, not annotations: latent methods sit close together
-        ax.errorbar(row["avg_tokens"], row["avg_acc"], yerr=row["avg_acc_std"], fmt=markers[i % len(markers)], capsize=3, label=row["label"])
+        ax.errorbar(
+            row["avg_tokens"],
+            row["avg_acc"],
+            yerr=row["avg_acc_std"],
+            fmt=markers[i % len(markers)],
+            capsize=3,
+            label=row["label"],
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(ScalarFormatter())
@@ -74,7 +80,9 @@ def plot_accuracy_vs_tokens(frame, out: Path) -> None:
     plt.close(fig)
 
 
-def plot_rl_curves(histories: dict[str, list[dict]], out: Path, window: int = 10, controls: dict[str, list[dict]] | None = None) -> None:
+def plot_rl_curves(
+    histories: dict[str, list[dict]], out: Path, window: int = 10, controls: dict[str, list[dict]] | None = None
+) -> None:
     """Reward, coherence and rollout accuracy per RL step; the frozen-policy `controls` dashed in grey tones."""
     import matplotlib
 
@@ -112,7 +120,10 @@ def run_label(method: str, seed: int) -> str:
 
 
 def against_frozen(
-    runs: dict[tuple[str, int], list[dict]], controls: dict[tuple[str, int], list[dict]], key: str = "rewards/total/mean", share: float = 0.25
+    runs: dict[tuple[str, int], list[dict]],
+    controls: dict[tuple[str, int], list[dict]],
+    key: str = "rewards/total/mean",
+    share: float = 0.25,
 ) -> list[dict]:
     """Each RL run's `key` against its frozen-policy control over the last `share` of its steps.
 
@@ -136,9 +147,16 @@ def against_frozen(
             diffs = [mine[t] - theirs[t] for t in last]
             se = statistics.stdev(diffs) / math.sqrt(len(diffs))
             out.append(
-                {"run": run_label(method, seed), "control": run_label(control_method, control_seed), "steps": f"{last[0]}-{last[-1]}",
-                 "run_reward": statistics.fmean(mine[t] for t in last), "control_reward": statistics.fmean(theirs[t] for t in last),
-                 "difference": statistics.fmean(diffs), "standard_error": se, "z": statistics.fmean(diffs) / se if se > 0 else 0.0}
+                {
+                    "run": run_label(method, seed),
+                    "control": run_label(control_method, control_seed),
+                    "steps": f"{last[0]}-{last[-1]}",
+                    "run_reward": statistics.fmean(mine[t] for t in last),
+                    "control_reward": statistics.fmean(theirs[t] for t in last),
+                    "difference": statistics.fmean(diffs),
+                    "standard_error": se,
+                    "z": statistics.fmean(diffs) / se if se > 0 else 0.0,
+                }
             )
     return out
 
@@ -167,7 +185,8 @@ def against_frozen_markdown(rows_by_key: dict[str, list[dict]]) -> str:
         ]
         for r in rows:
             lines.append(
-                f"| {r['run']} | {r['control']} | {r['steps']} | {r['run_reward']:.4f} | {r['control_reward']:.4f} | {r['difference']:+.4f} "
+                f"| {r['run']} | {r['control']} | {r['steps']} | {r['run_reward']:.4f} | {r['control_reward']:.4f} | "
+                f"{r['difference']:+.4f} "
                 f"| {r['standard_error']:.4f} | {r['z']:+.2f} |"
             )
         if not rows:
@@ -192,7 +211,15 @@ def register(tracker, config: dict, run_dir: Path, metrics: dict) -> dict:
     """Log the policy folder as artifacts of the report run and register it with the alias `best`."""
     name = f"{config['mlflow']['experiment_name']}-{config['experiment']}-rl-policy"
     method, seed = run_dir.parent.name, run_dir.name.removeprefix("seed")
-    entry = {"registered": False, "model_name": name, "alias": ALIAS, "method": method, "seed": int(seed), "val_accuracy": metrics["val/accuracy"], "path": str(run_dir / "model")}
+    entry = {
+        "registered": False,
+        "model_name": name,
+        "alias": ALIAS,
+        "method": method,
+        "seed": int(seed),
+        "val_accuracy": metrics["val/accuracy"],
+        "path": str(run_dir / "model"),
+    }
     if not tracker.enabled:
         return entry
     client, run_id = tracker.client, tracker.run_id
@@ -202,7 +229,9 @@ def register(tracker, config: dict, run_dir: Path, metrics: dict) -> dict:
         from mlflow.exceptions import MlflowException
 
         try:
-            client.create_registered_model(name, description="ATP-Latent RL policies; alias `best` = highest validation accuracy of the latest run.")
+            client.create_registered_model(
+                name, description="ATP-Latent RL policies; alias `best` = highest validation accuracy of the latest run."
+            )
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # registered by an earlier run: fine
                 raise
@@ -211,11 +240,20 @@ def register(tracker, config: dict, run_dir: Path, metrics: dict) -> dict:
     run = tracker.call(lambda: client.get_run(run_id), "read run")
     source = f"{run.info.artifact_uri}/policy" if run else ""
     tags = {"method": method, "seed": seed, "val_accuracy": str(metrics["val/accuracy"])}
-    version = tracker.call(lambda: client.create_model_version(name, source=source, run_id=run_id, tags=tags), "create model version")
+    version = tracker.call(
+        lambda: client.create_model_version(name, source=source, run_id=run_id, tags=tags), "create model version"
+    )
     if version is None:  # tracking switched itself off (mlflow.required: false)
         return entry
     tracker.call(lambda: client.set_registered_model_alias(name, ALIAS, version.version), "set alias")
-    log.info("registered %s (val accuracy %.3f) as %s version %s, alias %s", method, metrics["val/accuracy"], name, version.version, ALIAS)
+    log.info(
+        "registered %s (val accuracy %.3f) as %s version %s, alias %s",
+        method,
+        metrics["val/accuracy"],
+        name,
+        version.version,
+        ALIAS,
+    )
     return {**entry, "registered": True, "version": int(version.version), "source": source}
 
 
@@ -236,13 +274,20 @@ def main(args, config: dict) -> None:
     plot_rl_curves(labelled(histories), out_dir / "rl_curves.png", controls=labelled(controls))
     paired = {key: against_frozen(histories, controls, key) for key, _ in FROZEN_KEYS}
     (out_dir / "rl_vs_frozen.md").write_text(against_frozen_markdown(paired), encoding="utf-8")
-    with Tracker(config, "report", args.parent, "report", {"rule": args.rule or "report"}, enabled=not args.no_tracking) as tracker:
+    with Tracker(
+        config, "report", args.parent, "report", {"rule": args.rule or "report"}, enabled=not args.no_tracking
+    ) as tracker:
         best = best_rl_run(run_dirs)
-        entry = register(tracker, config, *best) if best else {"registered": False, "reason": "no RL run with a validation accuracy"}
+        entry = (
+            register(tracker, config, *best) if best else {"registered": False, "reason": "no RL run with a validation accuracy"}
+        )
         write_json(out_dir / "registry.json", {k: v for k, v in entry.items() if k not in ("version", "source")})
         for name in ("accuracy_vs_tokens.png", "rl_curves.png", "rl_vs_frozen.md"):
             tracker.log_artifact(out_dir / name)
-    log.info("wrote %s", ", ".join(str(out_dir / f) for f in ("accuracy_vs_tokens.png", "rl_curves.png", "rl_vs_frozen.md", "registry.json")))
+    log.info(
+        "wrote %s",
+        ", ".join(str(out_dir / f) for f in ("accuracy_vs_tokens.png", "rl_curves.png", "rl_vs_frozen.md", "registry.json")),
+    )
 
 
 if __name__ == "__main__":

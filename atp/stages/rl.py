@@ -74,15 +74,40 @@ def main(args, config: dict) -> None:
     trainable, optimizer, start = optimizer_and_resume(model, s.train_cfg, s.ckpt_dir, s.meta)
     log.info(
         "%s from %s: %d trainable of %d parameters; %d RL steps of %d questions x %d rollouts, minibatches of %d; rewards %s",
-        args.method, args.init, sum(p.numel() for p in trainable), modeling.count_parameters(model), s.train_cfg.steps,
-        rl_cfg.questions, rl_cfg.group_size, rl_cfg.minibatch_size, reward_cfg,
+        args.method,
+        args.init,
+        sum(p.numel() for p in trainable),
+        modeling.count_parameters(model),
+        s.train_cfg.steps,
+        rl_cfg.questions,
+        rl_cfg.group_size,
+        rl_cfg.minibatch_size,
+        reward_cfg,
     )
     history = History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir)
     started = time.time()
-    with Tracker(config, "rl", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
-        task = GRPOTask(model, optimizer, trainable, records, prompts, rl_cfg, reward_cfg, tokenizer, s.train_cfg, args.seed, s.dist, ref,
-                        tracker, s.out_dir / "trajectories")
-        strategy = "ddp" if s.dist.world_size > 1 else "single"  # gradients are summed by hand (atp.rl.sync_gradients), never sharded
+    with Tracker(
+        config, "rl", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking
+    ) as tracker:
+        task = GRPOTask(
+            model,
+            optimizer,
+            trainable,
+            records,
+            prompts,
+            rl_cfg,
+            reward_cfg,
+            tokenizer,
+            s.train_cfg,
+            args.seed,
+            s.dist,
+            ref,
+            tracker,
+            s.out_dir / "trajectories",
+        )
+        strategy = (
+            "ddp" if s.dist.world_size > 1 else "single"
+        )  # gradients are summed by hand (atp.rl.sync_gradients), never sharded
         save = checkpoint_writer(s.ckpt_dir, model, optimizer, s.meta, s.train_cfg, s.dist, history, strategy)
         final = run_loop(task, optimizer, s.train_cfg, args.seed, s.dist, s.ckpt_dir, start, tracker, history, save)
         final["train/seconds"] = time.time() - started

@@ -53,12 +53,42 @@ def main(args, config: dict) -> None:
     examples, dropped = encode_examples(read_jsonl(s.data_dir / "train.jsonl"), s.tokenizer, fmt, s.train_cfg.max_length)
     log.info(
         "%s: %d parameters, %d training sequences (%d longer than %d dropped), %d steps of %d",
-        args.method, modeling.count_parameters(model), len(examples), dropped, s.train_cfg.max_length, s.train_cfg.steps, s.train_cfg.batch_size,
+        args.method,
+        modeling.count_parameters(model),
+        len(examples),
+        dropped,
+        s.train_cfg.max_length,
+        s.train_cfg.steps,
+        s.train_cfg.batch_size,
     )
     started = time.time()
-    with Tracker(config, f"sft_{fmt}", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking) as tracker:
-        tracker.log_metrics({"data/train_sequences": len(examples), "data/dropped_too_long": dropped, "model/parameters": modeling.count_parameters(model)})
-        metrics = train(model, examples, s.train_cfg, s.dist, args.seed, s.ckpt_dir, TokenObjective(s.tokenizer.pad_token_id), tracker, s.meta, history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir))
+    with Tracker(
+        config,
+        f"sft_{fmt}",
+        args.parent,
+        f"train-{args.method}-seed{args.seed}",
+        s.tags,
+        enabled=s.dist.is_main and not args.no_tracking,
+    ) as tracker:
+        tracker.log_metrics(
+            {
+                "data/train_sequences": len(examples),
+                "data/dropped_too_long": dropped,
+                "model/parameters": modeling.count_parameters(model),
+            }
+        )
+        metrics = train(
+            model,
+            examples,
+            s.train_cfg,
+            s.dist,
+            args.seed,
+            s.ckpt_dir,
+            TokenObjective(s.tokenizer.pad_token_id),
+            tracker,
+            s.meta,
+            history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir),
+        )
         metrics["train/seconds"] = time.time() - started
         if s.dist.is_main:
             if s.train_cfg.val_samples:

@@ -40,7 +40,7 @@ def sampled_average_std(metrics: list[dict], suites: list[str]) -> float:
     return statistics.pstdev(averages)
 
 
-def aggregate(metrics: list[dict], methods: dict) -> "object":
+def aggregate(metrics: list[dict], methods: dict) -> object:
     """A DataFrame with one row per method: each suite's accuracy and tokens (mean, std over seeds) and averages."""
     import pandas as pd
 
@@ -74,7 +74,9 @@ def aggregate(metrics: list[dict], methods: dict) -> "object":
                     for step, value in m["fidelity_by_step"].items():
                         row.setdefault(f"{suite}_fidelity_step{step}", []).append(100 * value)
         row["avg_acc"] = statistics.fmean(per_seed_avg_acc)
-        row["avg_acc_std"] = statistics.stdev(per_seed_avg_acc) if len(per_seed_avg_acc) > 1 else sampled_average_std(mine, suites)
+        row["avg_acc_std"] = (
+            statistics.stdev(per_seed_avg_acc) if len(per_seed_avg_acc) > 1 else sampled_average_std(mine, suites)
+        )
         row["avg_tokens"] = statistics.fmean(per_seed_avg_tok)
         rows.append({k: statistics.fmean(v) if isinstance(v, list) else v for k, v in row.items()})
     return pd.DataFrame(rows).round(4), suites
@@ -109,12 +111,22 @@ def markdown(frame, suites: list[str], provenance: str, methods: dict | None = N
     if "config_hash" in frame.columns:
         trained = ", ".join(f"{row['label']} `{row['config_hash']}`" for _, row in frame.iterrows())
         provenance += f"Training job config hashes (tag `config_hash` of each MLflow training run): {trained}.\n"
-    return "# Results\n\n" + "\n".join(lines) + "\n" + note + margins_markdown(frame, methods or {}) + fidelity_markdown(frame, suites) + provenance
+    return (
+        "# Results\n\n"
+        + "\n".join(lines)
+        + "\n"
+        + note
+        + margins_markdown(frame, methods or {})
+        + fidelity_markdown(frame, suites)
+        + provenance
+    )
 
 
 def is_control(spec: dict) -> bool:
     """The two controls every latent result is read against: pause tokens, and No-CoT fine-tuning of a model."""
-    return spec.get("variant") == "pause" or (spec.get("stage") == "sft" and spec.get("format") == "nocot" and spec.get("init") is not None)
+    return spec.get("variant") == "pause" or (
+        spec.get("stage") == "sft" and spec.get("format") == "nocot" and spec.get("init") is not None
+    )
 
 
 def margins_markdown(frame, methods: dict) -> str:
@@ -124,7 +136,9 @@ def margins_markdown(frame, methods: dict) -> str:
 
     rows = {row["method"]: row for _, row in frame.iterrows()}
     controls = [rows[m] for m in rows if is_control(methods.get(m, {}))]
-    latent = [rows[m] for m in rows if methods.get(m, {}).get("stage") in ("latent_sft", "rl") and not is_control(methods.get(m, {}))]
+    latent = [
+        rows[m] for m in rows if methods.get(m, {}).get("stage") in ("latent_sft", "rl") and not is_control(methods.get(m, {}))
+    ]
     if not controls or not latent:
         return ""
     better = max(controls, key=lambda r: r["avg_acc"])
@@ -139,7 +153,11 @@ def margins_markdown(frame, methods: dict) -> str:
     header = ["Method"] + [f"minus {r['label']}" for r in references]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in latent:
-        lines.append("| " + " | ".join([row["label"]] + ["-" if ref["method"] == row["method"] else difference(row, ref) for ref in references]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([row["label"]] + ["-" if ref["method"] == row["method"] else difference(row, ref) for ref in references])
+            + " |"
+        )
     return (
         f"\n## Margins on the average accuracy (points)\n\nAgainst the better control ({better['label']}) and SIM-CoT; "
         "± is the standard error of the difference over training seeds.\n\n" + "\n".join(lines) + "\n"
@@ -149,7 +167,9 @@ def margins_markdown(frame, methods: dict) -> str:
 def fidelity_markdown(frame, suites: list[str]) -> str:
     """Step-decoding fidelity by latent-step index on the first suite, for models with a step decoder."""
     suite = suites[0] if suites else None
-    columns = sorted((c for c in frame.columns if suite and c.startswith(f"{suite}_fidelity_step")), key=lambda c: int(c.rsplit("step", 1)[1]))
+    columns = sorted(
+        (c for c in frame.columns if suite and c.startswith(f"{suite}_fidelity_step")), key=lambda c: int(c.rsplit("step", 1)[1])
+    )
     rows = [row for _, row in frame.iterrows() if any(row.get(c) == row.get(c) and row.get(c) is not None for c in columns)]
     if not rows:
         return ""

@@ -1,6 +1,6 @@
 """Create the MLflow store and the pipeline's parent run (the first rule of the DAG).
 
-    python -m atp.stages.tracking --config job.yaml --out results/<exp>/tracking/parent_run.json
+python -m atp.stages.tracking --config job.yaml --out results/<exp>/tracking/parent_run.json
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import sys
 import atp.config
 from atp.runtime import OFFLINE_ENV
 
-
 # Validated and completed by the same code as a stage run by hand (atp.config.resolve, against
 # workflow/schemas/config.schema.yaml), so a method's overrides are checked key by key, nested keys included.
 try:
@@ -18,6 +17,7 @@ except atp.config.ConfigError as error:
 # No hub look-ups from jobs unless the user asked for them (a failed look-up hangs ~50 s).
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
+
 
 # Jobs call `python -m atp.stages...`: make that the interpreter running Snakemake (the project's environment).
 envvars:

@@ -6,11 +6,11 @@ rule job_config:
         "results/{exp}/configs/{job}.yaml",
     log:
         "results/{exp}/logs/configs/{job}.log",
-    params:
-        cfg=job_config_json,
     localrule: True
     conda:
         "../envs/atp.yaml"
+    params:
+        cfg=job_config_json,
     shell:
         "python -m atp.stages.write_config --json {params.cfg:q} --out {output} > {log} 2>&1"
 
@@ -45,11 +45,11 @@ rule prepare_data:
         "results/{exp}/logs/prepare_data.log",
     benchmark:
         "results/{exp}/benchmarks/prepare_data.tsv"
-    params:
-        out_dir=subpath(output.train, parent=True),
-    threads: 1
     conda:
         "../envs/atp.yaml"
+    threads: 1
+    params:
+        out_dir=subpath(output.train, parent=True),
     shell:
         "python -m atp.stages.prepare_data --config {input.config} --parent {input.parent}"
         " --out-dir {params.out_dir} --rule prepare_data > {log} 2>&1"

@@ -14,15 +14,15 @@ rule evaluate:
         "results/{exp}/logs/evaluate/{method}/seed{seed}.log",
     benchmark:
         "results/{exp}/benchmarks/evaluate/{method}/seed{seed}.tsv"
+    conda:
+        "../envs/atp.yaml"
+    threads: 1
+    resources:
+        gpu=0,
     params:
         suites=SUITES,
         data_dir=data_dir,
         out_dir="results/{exp}/eval/{method}/seed{seed}",
-    threads: 1
-    resources:
-        gpu=0,
-    conda:
-        "../envs/atp.yaml"
     shell:
         "python -m atp.stages.evaluate --config {input.config} --method {wildcards.method}"
         " --seed {wildcards.seed} --model {input.model} --data-dir {params.data_dir}"

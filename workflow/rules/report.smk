@@ -42,13 +42,13 @@ rule report_figures:
         "results/{exp}/logs/report.log",
     benchmark:
         "results/{exp}/benchmarks/report.tsv"
+    localrule: True
+    conda:
+        "../envs/atp.yaml"
     params:
         runs=rl_runs,
         frozen=frozen_runs,
         out_dir=subpath(output.registry, parent=True),
-    localrule: True
-    conda:
-        "../envs/atp.yaml"
     shell:
         "python -m atp.stages.report --config {input.config} --table {input.table} --rl-runs {params.runs}"
         " --frozen-runs {params.frozen} --out-dir {params.out_dir} --parent {input.parent} --rule report > {log} 2>&1"

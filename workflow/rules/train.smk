@@ -16,12 +16,8 @@ rule train:
         "results/{exp}/logs/train/{method}/seed{seed}.log",
     benchmark:
         "results/{exp}/benchmarks/train/{method}/seed{seed}.tsv"
-    params:
-        stage=stage_module,
-        init=init_arg,
-        data_dir=subpath(input.data, parent=True),
-        out_dir=subpath(output.metrics, parent=True),
-        checkpoints="results/{exp}/checkpoints/{method}/seed{seed}",
+    conda:
+        "../envs/atp.yaml"
     threads: 1
     resources:
         # GPUs of the job (0: the CPU miniature). With more than one, atp.launch starts that many processes
@@ -31,8 +27,12 @@ rule train:
         # The accelerate config of a multi-GPU job: workflow/accelerate/<accelerate>.yaml (ddp; fsdp for the
         # SFT stages, refused by RL). A runtime choice, so a resource (profile: set-resources), not config.
         accelerate="ddp",
-    conda:
-        "../envs/atp.yaml"
+    params:
+        stage=stage_module,
+        init=init_arg,
+        data_dir=subpath(input.data, parent=True),
+        out_dir=subpath(output.metrics, parent=True),
+        checkpoints="results/{exp}/checkpoints/{method}/seed{seed}",
     shell:
         "python -m atp.launch --gpus {resources.gpu} --accelerate {resources.accelerate}"
         " atp.stages.{params.stage} --config {input.config} --method {wildcards.method}"
