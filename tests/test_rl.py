@@ -268,9 +268,9 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "a"), "--checkpoint-dir", str(tmp_path / "ck_a")])
     assert not (tmp_path / "ck_a").exists()  # a finished run leaves no checkpoint to resume from
 
-    import atp.rl
+    import atp.rl.grpo
 
-    real_step, calls = atp.rl.grpo_step, []
+    real_step, calls = atp.rl.grpo.grpo_step, []
 
     def crash_in_step_three(*args, **kwargs):
         calls.append(1)
@@ -278,10 +278,10 @@ def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, 
             raise KeyboardInterrupt("simulated crash")
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(atp.rl, "grpo_step", crash_in_step_three)
+    monkeypatch.setattr(atp.rl.grpo, "grpo_step", crash_in_step_three)
     with pytest.raises(KeyboardInterrupt):
         cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
-    monkeypatch.setattr(atp.rl, "grpo_step", real_step)
+    monkeypatch.setattr(atp.rl.grpo, "grpo_step", real_step)
     (tmp_path / "b" / "history.jsonl").unlink()  # Snakemake deletes an interrupted job's outputs
     cli.run(rl_stage.main, parser, argv + ["--out-dir", str(tmp_path / "b"), "--checkpoint-dir", str(tmp_path / "ck_b")])
     for weights in ("latent_heads.safetensors", "model.safetensors"):  # the heads, then the backbone

@@ -1,0 +1,60 @@
+"""Settings of the RL stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Settings of the RL stage (the `rl` config section; optimiser settings come from `train`)."""
+
+    questions: int = 8  # questions per RL step (the paper: 16)
+    group_size: int = 8  # G trajectories per question (the paper: 8)
+    minibatch_size: int = 16  # trajectories per optimizer step; one pass over the rollouts (the paper: 16)
+    epochs: int = 1  # passes over one step's rollouts
+    clip_eps: float = 0.2
+    log_ratio_clamp: float = 3.0
+    kl_coef: float = 0.0  # KL to the frozen starting policy (k3 estimator per action); 0 = off, as the paper
+    temperature: float = 1.0
+    max_answer_tokens: int = 16
+    trajectories_every: int = 25  # RL steps between trajectory artifacts
+    trajectories_logged: int = 16  # trajectories written each time
+    # sequence: per-trajectory means of the latent and answer terms, summed (the paper) | action: one mean over all actions
+    loss: str = "sequence"
+    latent_logp: str = "sum"  # sum: a latent's Gaussian log-density summed over dimensions (the paper) | mean: averaged (CoLaR)
+    latent_weight: float = 1.0  # weight of the latent actions in the loss (stop decisions and answer tokens keep 1)
+    frozen: bool = (
+        False  # roll out and score on the same schedule without updating: the control the reward curves are read against
+    )
+    diagnostics_every: int = 10  # RL steps between gradient diagnostics (per-action-type norms, two-half cosine); 0 = off
+    rewards: dict | None = None  # RewardConfig fields
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size must be at least 2 (a group-normalised advantage needs two rollouts), got {self.group_size}"
+            )
+        if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1:
+            raise ValueError("questions, minibatch_size and epochs must be at least 1")
+        if (self.questions * self.group_size) % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size {self.minibatch_size} does not divide questions x group_size = "
+                f"{self.questions * self.group_size}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.loss not in ("sequence", "action"):
+            raise ValueError(f"loss must be 'sequence' or 'action', not {self.loss!r}")
+        if self.latent_logp not in ("sum", "mean"):
+            raise ValueError(f"latent_logp must be 'sum' or 'mean', not {self.latent_logp!r}")
+        if self.latent_weight < 0:
+            raise ValueError(f"latent_weight must be >= 0, got {self.latent_weight}")
+
+    @property
+    def rollouts(self) -> int:
+        return self.questions * self.group_size
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.epochs * self.rollouts // self.minibatch_size

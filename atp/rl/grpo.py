@@ -1,0 +1,248 @@
+"""The RL stage's step: rollouts, rewards, advantages and updates (grpo_step), and the task the training loop runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from atp.latent import LatentReasoner
+from atp.rl.config import RLConfig
+from atp.rl.loss import gradient_diagnostics, group_advantages
+from atp.rl.policy import replay, rollout
+from atp.rl.update import ppo_update
+
+if TYPE_CHECKING:
+    from atp.rewards import RewardConfig
+
+
+def rl_settings(config: dict) -> tuple[RLConfig, RewardConfig]:
+    """(RLConfig, RewardConfig) of a job config's `rl` section."""
+    from atp.config import to_dataclass
+    from atp.rewards import RewardConfig
+
+    rl_cfg = to_dataclass(RLConfig, config["rl"], "rl")
+    return rl_cfg, to_dataclass(RewardConfig, rl_cfg.rewards or {}, "rl.rewards")
+
+
+def freeze_decoder(model: LatentReasoner) -> LatentReasoner:
+    """RL trains the backbone, the latent head and the stop head; the step decoder (and its projection) stays as SFT left it."""
+    for name, param in model.named_parameters():
+        if name.startswith(("decoder.", "decoder_proj.")):
+            param.requires_grad_(False)
+    return model
+
+
+def check_world(cfg: RLConfig, world_size: int) -> None:
+    """N processes share each step's questions (whole groups) and each minibatch evenly, or the run is refused."""
+    from atp.config import ConfigError
+
+    if cfg.questions % world_size:
+        raise ConfigError(
+            f"config key 'rl.questions': {cfg.questions} questions per RL step do not divide among {world_size} processes "
+            f"(each process rolls out whole groups); use a multiple of {world_size}"
+        )
+    if cfg.minibatch_size % world_size:
+        raise ConfigError(
+            f"config key 'rl.minibatch_size': {cfg.minibatch_size} trajectories per update do not divide among "
+            f"{world_size} processes; "
+            f"use a multiple of {world_size}"
+        )
+
+
+def grpo_step(
+    model,
+    optimizer,
+    trainable,
+    prompts,
+    answers,
+    rl_cfg: RLConfig,
+    reward_cfg,
+    tokenizer,
+    generator,
+    grad_clip: float,
+    ref=None,
+    dist=None,
+    bf16: bool = False,
+    diagnose: bool = False,
+) -> tuple[dict, list[dict]]:
+    """One RL step: rollouts, rewards, group advantages, one pass of PPO-clip updates. Returns (metrics, trajectories).
+
+    `prompts` and `answers` are this process's rows (whole groups). With `dist` of N processes the update
+    is synchronised (see ppo_update) and the metrics and trajectories are those of all processes'
+    rows, in rank order (every process returns the same). `bf16`: autocast for rollouts and replays.
+    `diagnose`: also measure the gradient per action type and its two-half cosine (gradient_diagnostics,
+    on this process's rows) before the update. With `rl_cfg.frozen` nothing is updated.
+    """
+    import statistics
+
+    from atp.rewards import correct, total
+
+    world_size, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    model.eval()  # no dropout anywhere; eval only makes sampling and replay see the same network
+    with autocast:
+        traj = rollout(model, prompts, rl_cfg, generator)
+        # The log-probabilities the ratios start from come from the replay path itself (TRL computes its old
+        # log-probabilities the same way): the sampling loop decodes token by token, the replay in one pass, and
+        # their roundings differ (4.8e-7 in fp32 on the tiny test policy, more under bf16 on a GPU), so the first
+        # minibatch's ratio is exactly 1 and nothing is clipped before an update.
+        with torch.no_grad():
+            traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
+        used = traj.latents_used.tolist()
+        steps = model.decode_steps([traj.feeds[b, :n].float().cpu() for b, n in enumerate(used)], tokenizer)
+    completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in traj.answer_ids(model.eos_id)]
+    rewards = total(completions, answers if reward_cfg.needs_gold else None, steps, reward_cfg)
+    accuracy = rewards["correct"] if reward_cfg.needs_gold else correct(completions, answers=answers)  # monitoring only here
+    # Groups are whole on each process, so the advantages need nothing from the other processes.
+    advantages = group_advantages(torch.tensor(rewards["total"]), rl_cfg.group_size).to(traj.z.device)
+    ref_logps = None
+    if ref is not None and rl_cfg.kl_coef > 0:
+        with torch.no_grad(), autocast:
+            ref_logps = {k: v.detach() for k, v in replay(ref, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
+    diagnostics = gradient_diagnostics(model, trainable, traj, advantages, rl_cfg, autocast) if diagnose else {}
+    stats = (
+        {}
+        if rl_cfg.frozen
+        else ppo_update(
+            model, optimizer, trainable, traj, advantages, rl_cfg, generator, grad_clip, ref_logps, world_size, autocast
+        )
+    )
+    R = len(prompts)
+    mine = {
+        "rewards": rewards,
+        "accuracy": list(accuracy),
+        "used": used,
+        "answer_tokens": traj.masks["answer"].sum(-1).tolist(),
+        "trajectories": [
+            {
+                "question_row": rank * R + b,
+                "latents": used[b],
+                "latent_steps": steps[b],
+                "completion": completions[b],
+                "gold": answers[b],
+                **{f"reward_{k}": v[b] for k, v in rewards.items()},
+                "advantage": round(float(advantages[b]), 6),
+            }
+            for b in range(R)
+        ],
+    }
+    metrics, trajectories = step_metrics(mine, world_size, rl_cfg.group_size)
+    metrics.update({f"rl/{k}": statistics.fmean(v) for k, v in stats.items() if v})
+    metrics.update(diagnostics)
+    return metrics, trajectories
+
+
+def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str, float], list[dict]]:
+    """A step's reward and rollout metrics over every process's rows (gathered in rank order), and its trajectories."""
+    import statistics
+
+    parts = [mine]
+    if world_size > 1:
+        parts = [None] * world_size
+        torch.distributed.all_gather_object(parts, mine)
+    rewards = {k: [v for p in parts for v in p["rewards"][k]] for k in mine["rewards"]}
+    gathered = {key: [v for p in parts for v in p[key]] for key in ("accuracy", "used", "answer_tokens", "trajectories")}
+    groups = torch.tensor(rewards["total"]).view(-1, group_size)
+    metrics = {f"rewards/{k}/mean": statistics.fmean(v) for k, v in rewards.items()}
+    metrics.update(
+        {
+            "rewards/total/group_std": float(groups.std(-1).mean()),
+            "rl/accuracy": statistics.fmean(gathered["accuracy"]),
+            "rl/latents": statistics.fmean(gathered["used"]),
+            "rl/answer_tokens": statistics.fmean(gathered["answer_tokens"]),
+            "rl/zero_advantage_groups": float((groups.std(-1) == 0).float().mean()),
+        }
+    )
+    return metrics, gathered["trajectories"]
+
+
+class GRPOTask:
+    """The RL stage as atp.train.run_loop runs it: each step draws `rl.questions` training questions (a fixed
+    schedule, equal lengths: drawn at random, not grouped by length, which would group them by difficulty),
+    repeats each `rl.group_size` times, gives this process its whole groups and takes one `grpo_step` with a
+    generator of (seed, step, rank). Every step is logged; the run's metrics are the mean of its last
+    `train.log_every` steps; every `rl.trajectories_every` steps process 0 writes sampled trajectories."""
+
+    desc = "rl"
+    log_every = 1
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        trainable: list,
+        records: list[dict],
+        prompts: list[list[int]],
+        rl_cfg: RLConfig,
+        reward_cfg,
+        tokenizer,
+        train_cfg,
+        seed: int,
+        dist,
+        ref,
+        tracker,
+        traj_dir,
+    ):
+        from atp.train import batch_schedule
+
+        self.model, self.optimizer, self.trainable, self.records, self.prompts = model, optimizer, trainable, records, prompts
+        self.rl_cfg, self.reward_cfg, self.tokenizer, self.train_cfg = rl_cfg, reward_cfg, tokenizer, train_cfg
+        self.seed, self.dist, self.ref, self.tracker, self.traj_dir = seed, dist, ref, tracker, traj_dir
+        self.schedule = batch_schedule([0] * len(prompts), rl_cfg.questions, train_cfg.steps, seed)
+        self.summary_window = train_cfg.log_every
+        self.rows: list[int] = []
+        self.trajectories: list[dict] = []
+
+    def step(self, step: int) -> dict[str, float]:
+        import time
+
+        from atp.train import step_generator
+
+        cfg, dist = self.rl_cfg, self.dist
+        self.rows = [i for i in self.schedule[step] for _ in range(cfg.group_size)]
+        share = len(self.rows) // dist.world_size  # this process's rows: whole groups
+        mine = self.rows[dist.rank * share : (dist.rank + 1) * share]
+        started = time.time()
+        metrics, self.trajectories = grpo_step(
+            self.model,
+            self.optimizer,
+            self.trainable,
+            [self.prompts[i] for i in mine],
+            [self.records[i]["answer"] for i in mine],
+            cfg,
+            self.reward_cfg,
+            self.tokenizer,
+            step_generator(self.seed, step, dist.rank, dist.device),
+            self.train_cfg.grad_clip,
+            self.ref,
+            dist,
+            self.train_cfg.bf16,
+            diagnose=bool(cfg.diagnostics_every) and step % cfg.diagnostics_every == 0,
+        )
+        metrics["rl/lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["rl/step_seconds"] = time.time() - started
+        return metrics
+
+    def window_metrics(self, window: list[dict[str, float]], seconds: float) -> dict[str, float]:
+        return window[-1]  # one step per log point
+
+    def postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"reward": f"{metrics['rewards/total/mean']:.3f}", "acc": f"{metrics['rl/accuracy']:.2f}"}
+
+    def on_log(self, done: int, metrics: dict[str, float]) -> None:
+        from atp.data.records import write_jsonl
+
+        if self.dist.is_main and (done % self.rl_cfg.trajectories_every == 0 or done == self.train_cfg.steps):
+            for t in self.trajectories:
+                t["question"] = self.records[self.rows[t["question_row"]]]["question"]
+            path = self.traj_dir / f"step_{done:06d}.jsonl"
+            write_jsonl(path, self.trajectories[: self.rl_cfg.trajectories_logged])
+            self.tracker.log_artifact(path, "trajectories")
+
+    def summary(self, logged: list[dict[str, float]]) -> dict[str, float]:
+        import statistics
+
+        keys = sorted({k for m in logged for k in m if not k.endswith("seconds")})  # diagnostics come every few steps only
+        return {f"train/{k.removeprefix('rl/')}": statistics.fmean(m[k] for m in logged if k in m) for k in keys}

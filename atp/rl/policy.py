@@ -1,0 +1,127 @@
+"""Trajectories: sampling them from the latent policy (rollout) and scoring them again under its current weights (replay)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from atp.latent import ACTIVE, MASKED, LatentReasoner, SlotRun, answer_ids, step_boundaries
+from atp.rl.config import RLConfig
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class Trajectories:
+    """Sampled trajectories of R rows (one row per rollout) and their log-probabilities when sampled."""
+
+    prompts: list[list[int]]
+    state: torch.Tensor  # (R, N) ACTIVE / MASKED slots, as the rollout left them
+    z: torch.Tensor  # (R, N, d) the latents drawn
+    feeds: torch.Tensor  # (R, N, d) the vectors fed back (for the step decoder)
+    answer: torch.Tensor  # (R, T) answer tokens, EOS included, padded
+    masks: dict[str, torch.Tensor]  # latent (R, N), stop (R, N), answer (R, T): which actions count
+    stop_labels: torch.Tensor  # (R, N) 1 where the row stopped
+    old: dict[str, torch.Tensor]  # log-probabilities under the sampling weights, keyed like masks
+
+    def rows(self, index: list[int]) -> Trajectories:
+        idx = torch.tensor(index, dtype=torch.long)
+        pick = lambda t: t[idx.to(t.device)]  # noqa: E731
+        return Trajectories(
+            prompts=[self.prompts[i] for i in index],
+            state=pick(self.state),
+            z=pick(self.z),
+            feeds=pick(self.feeds),
+            answer=pick(self.answer),
+            masks={k: pick(v) for k, v in self.masks.items()},
+            stop_labels=pick(self.stop_labels),
+            old={k: pick(v) for k, v in self.old.items()},
+        )
+
+    @property
+    def latents_used(self) -> torch.Tensor:
+        return (self.state == ACTIVE).sum(-1)
+
+    def answer_ids(self, eos_id: int) -> list[list[int]]:
+        """Each row's answer tokens before EOS."""
+        return answer_ids(self.answer, self.masks["answer"], eos_id)
+
+
+def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed (or averaged: `reduce="mean"`) over the last dimension, in float32
+    (also under bf16 autocast)."""
+    z, mu, logvar = z.float(), mu.float(), logvar.float()
+    per_dim = -0.5 * ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LOG_2PI)
+    return per_dim.mean(-1) if reduce == "mean" else per_dim.sum(-1)
+
+
+def _slot_logps(
+    model: LatentReasoner, run: SlotRun, state: torch.Tensor, latent_logp: str = "sum"
+) -> tuple[dict, dict, torch.Tensor]:
+    """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels."""
+    z, mu, logvar = run.z, run.mu, run.logvar
+    R, N = state.shape
+    boundary = step_boundaries(N, model.cfg.c, state.device)
+    masked = state == MASKED
+    # The stop slot: the first masked slot (always a step boundary); everything after it is masked too.
+    first_masked = torch.where(masked.any(-1), masked.float().argmax(-1), torch.full((R,), N, device=state.device))
+    cols = torch.arange(N, device=state.device)[None]
+    stop_labels = (cols == first_masked[:, None]).long()
+    reached = cols <= first_masked[:, None]
+    logps = {"latent": gaussian_logp(z, mu, logvar, latent_logp)}
+    masks = {"latent": reached & (cols < N)}
+    if model.cfg.spec.stop:
+        stop_logits = run.stop_logits.float()
+        logps["stop"] = stop_logits.log_softmax(-1).gather(-1, stop_labels[..., None]).squeeze(-1)
+        masks["stop"] = reached & boundary[None]
+    return logps, masks, stop_labels
+
+
+@torch.no_grad()
+def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, generator: torch.Generator) -> Trajectories:
+    """Sample one trajectory per prompt: latents, stop decisions (by the stop head's distribution), answer tokens."""
+    if not model.cfg.spec.stochastic:
+        raise ValueError(f"RL needs sampled latents; variant {model.cfg.variant!r} has none (use atp or atp_no_stop)")
+    device = next(model.parameters()).device
+    R = len(prompts)
+    prefix, prefix_mask = model.prefix(prompts)
+    state = torch.full((R, model.cfg.slots), ACTIVE, dtype=torch.long, device=device)
+    stop_rule = "sample" if model.cfg.spec.stop else None
+    run = model.run_prefix_and_slots(
+        prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule
+    )
+    state = run.state[:, : run.slots_run]
+    logps, masks, stop_labels = _slot_logps(model, run, state, cfg.latent_logp)
+    answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
+    masks["answer"] = answer_mask
+    logps["answer"] = answer_logp * answer_mask
+    return Trajectories(
+        prompts=list(prompts),
+        state=state,
+        z=run.z,
+        feeds=run.feed,
+        answer=answer,
+        masks=masks,
+        stop_labels=stop_labels,
+        old={k: v.detach() for k, v in logps.items()},
+    )
+
+
+def replay(model: LatentReasoner, traj: Trajectories, temperature: float, latent_logp: str = "sum") -> dict[str, torch.Tensor]:
+    """Log-probabilities of `traj`'s actions under the model's current weights (with gradient).
+
+    `temperature` and `latent_logp` must be the rollout's, so that before an update they equal `traj.old`.
+    """
+    device = traj.z.device
+    prefix, prefix_mask = model.prefix(traj.prompts)
+    run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), traj.state, mode="sample", forced_z=traj.z)
+    logps, _, _ = _slot_logps(model, run, traj.state, latent_logp)
+    R = len(traj.prompts)
+    eot = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
+    suffix = torch.cat([eot, traj.answer], dim=1)
+    suffix_mask = torch.cat([torch.ones_like(eot), traj.masks["answer"].long()], dim=1)
+    logits = model.run_suffix(run, suffix, suffix_mask)[:, :-1].float() / temperature
+    logps["answer"] = logits.log_softmax(-1).gather(-1, traj.answer[..., None]).squeeze(-1) * traj.masks["answer"]
+    return logps
