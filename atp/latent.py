@@ -688,6 +688,10 @@ class LatentObjective:
         if "stop" in sums:
             parts["stop"] = sums["stop"] / totals["stops"]
             loss = loss + parts["stop"]
+            # Share of the step boundaries labelled "stop" (logged): zero all run long would mean an RL start
+            # whose stop head never saw a positive label.
+            stops = sum(sum(layout(r, k, self.cfg, self.eos_id, self.eot_id).stop_labels) for r, k in zip(records, self.stages(records, step)))
+            parts["stop_share"] = torch.tensor(stops / totals["stops"], device=loss.device)
         parts = {k: v.detach() for k, v in parts.items()}
         parts["loss"] = loss.detach()
         return loss, parts
