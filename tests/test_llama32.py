@@ -158,19 +158,19 @@ def test_prompts_and_labels_are_laid_out_as_method_md_says_for_a_pretrained_mode
 
 
 def test_eos_ends_generation_and_is_neither_decoded_nor_counted(stages, tmp_path):
-    """CoT-SFT overfit on two problems: greedy decoding writes their CoT and stops at the tokenizer's EOS."""
+    """CoT-SFT overfit on one problem: greedy decoding writes its CoT and stops at the tokenizer's EOS."""
     from atp.data.records import read_jsonl, write_jsonl
     from atp.evaluate import greedy_generate
 
-    records = read_jsonl(stages / "data" / "train.jsonl")[:2]
+    records = read_jsonl(stages / "data" / "train.jsonl")[:1]
     write_jsonl(tmp_path / "data" / "train.jsonl", records)
     modeling.load_tokenizer(stages / "data" / "tokenizer").save_pretrained(tmp_path / "data" / "tokenizer")
     cfg = config.load(stages / "job.yaml")
-    cfg["train"].update({"steps": 60, "batch_size": 2, "lr": 0.01, "val_samples": 0})
+    cfg["train"].update({"steps": 60, "batch_size": 1, "lr": 0.01, "val_samples": 0})
     config.dump(cfg, tmp_path / "job.yaml")
     _run("sft", tmp_path, "--method", "cot_sft", "--out-dir", str(tmp_path / "cot"))
     model, tokenizer = modeling.load_model(tmp_path / "cot" / "model")
-    generations = greedy_generate(model, tokenizer, [r["question"] for r in records], 64, 2, torch.device("cpu"))
+    generations = greedy_generate(model, tokenizer, [r["question"] for r in records], 64, 1, torch.device("cpu"))
     for record, (text, n_tokens) in zip(records, generations):
         target = cot_target(record["steps"], record["answer"])
         assert text == target and n_tokens == len(tokenizer.encode(target, add_special_tokens=False))
