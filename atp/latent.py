@@ -690,7 +690,8 @@ class LatentObjective:
             loss = loss + parts["stop"]
             # Share of the step boundaries labelled "stop" (logged): zero all run long would mean an RL start
             # whose stop head never saw a positive label.
-            stops = sum(sum(layout(r, k, self.cfg, self.eos_id, self.eot_id).stop_labels) for r, k in zip(records, self.stages(records, step)))
+            layouts = (layout(r, k, self.cfg, self.eos_id, self.eot_id) for r, k in zip(records, self.stages(records, step)))
+            stops = sum(sum(lay.stop_labels) for lay in layouts)
             parts["stop_share"] = torch.tensor(stops / totals["stops"], device=loss.device)
         parts = {k: v.detach() for k, v in parts.items()}
         parts["loss"] = loss.detach()

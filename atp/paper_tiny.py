@@ -42,9 +42,15 @@ def llama32_tokenizer():
     assert all(ids[name] == base + i for i, name in enumerate(NAMED_SPECIALS)), "llama-models changed its special tokens"
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     tok.post_processor = processors.Sequence(
-        [processors.ByteLevel(trim_offsets=False), processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, base)])]
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, base)]),
+        ]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False, model_max_length=131072)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+    )
 
 
 def write_model(folder: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
@@ -58,7 +64,10 @@ def write_model(folder: str | Path, hidden_size: int = 32, num_layers: int = 2, 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0, "original_max_position_embeddings": 8192},
+        rope_scaling={
+            "rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+        },
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
@@ -107,7 +116,8 @@ def gsm_hard_row(r: dict) -> dict:
 
 def svamp_row(r: dict) -> dict:
     body, question = _split_question(r["question"])
-    return {"Body": body, "Question": question, "Equation": f"( {_inner(r['steps'][-1]).split('=')[0]} )", "Answer": float(r["answer"])}
+    equation = f"( {_inner(r['steps'][-1]).split('=')[0]} )"
+    return {"Body": body, "Question": question, "Equation": equation, "Answer": float(r["answer"])}
 
 
 def multiarith_row(r: dict) -> dict:

@@ -111,7 +111,8 @@ def test_the_share_of_stop_labels_is_logged_with_the_loss(tiny_data):
     objective = LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id)
     batch = records[:8]
     for step in (0, 3):
-        labels = [label for r in batch for label in layout(r, model.cfg.stage(step), model.cfg, tok.eos_token_id, model.eot_id).stop_labels]
+        layouts = [layout(r, model.cfg.stage(step), model.cfg, tok.eos_token_id, model.eot_id) for r in batch]
+        labels = [label for lay in layouts for label in lay.stop_labels]
         _, parts = objective.loss(model, batch, objective.totals(batch, step), step, torch.device("cpu"))
         assert parts["stop_share"].item() == pytest.approx(sum(labels) / len(labels))
         assert (parts["stop_share"].item() > 0) == (step == 3)  # stage 1: no surplus slot; stage 4: short problems stop

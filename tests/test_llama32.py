@@ -27,10 +27,12 @@ def tokenizer():
 
 def test_the_tokenizer_is_llama_3_2s(tokenizer):
     assert len(tokenizer) == VOCAB
-    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>")
+    specials = (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
+    assert specials == ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>")
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (BOS_ID, EOS_ID, PAD_ID)
     assert tokenizer.encode("Hello world") == [BOS_ID, 9906, 1917]  # Llama-3's ids; BOS from the post-processor
-    assert tokenizer.convert_ids_to_tokens(tokenizer.encode(" 1234567 apples", add_special_tokens=False)) == ["Ġ", "123", "456", "7", "Ġapples"]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer.encode(" 1234567 apples", add_special_tokens=False))
+    assert tokens == ["Ġ", "123", "456", "7", "Ġapples"]  # numbers in groups of three, spaces as Ġ
     assert tokenizer.encode("<<", add_special_tokens=False) == [2501]
 
 
@@ -99,7 +101,8 @@ def stages(llama):
     _run("prepare_data", llama, "--out-dir", str(llama / "data"))
     _run("sft", llama, "--method", "cot_sft", "--out-dir", str(train / "cot_sft"))
     for method in ("coconut", "simcot", "atp"):
-        _run("latent_sft", llama, "--method", method, "--out-dir", str(train / method), "--init", str(train / "cot_sft" / "model"))
+        _run("latent_sft", llama, "--method", method, "--out-dir", str(train / method),
+             "--init", str(train / "cot_sft" / "model"))
     _run("rl", llama, "--method", "atp_rl", "--out-dir", str(train / "atp_rl"), "--init", str(train / "atp" / "model"))
     for method in ("cot_sft", "atp_rl"):
         _run("evaluate", llama, "--method", method, "--model", str(train / method / "model"),
@@ -110,7 +113,8 @@ def stages(llama):
 def test_data_prep_reads_every_benchmark_format_and_keeps_the_tokenizers_own_specials(stages):
     card = json.loads((stages / "data" / "card.json").read_text())
     sources = {c["split"]: c["sources"] for c in card["splits"] if "/" not in c["split"]}
-    assert sources == {"train": ["gsm8k_aug_text"], "val": ["gsm8k_aug"], "test": ["gsm8k"], "hard": ["gsm_hard"], "easy": ["multiarith"], "varied": ["svamp"]}
+    expected = {"train": "gsm8k_aug_text", "val": "gsm8k_aug", "test": "gsm8k", "hard": "gsm_hard", "easy": "multiarith"}
+    assert sources == {name: [fmt] for name, fmt in {**expected, "varied": "svamp"}.items()}
     hard = [json.loads(line) for line in (stages / "data" / "hard.jsonl").read_text().splitlines()]
     assert any(int(r["answer"]) > 999 for r in hard)
     tokenizer = modeling.load_tokenizer(stages / "data" / "tokenizer")
@@ -127,7 +131,8 @@ def test_the_latent_markers_start_from_the_embedding_of_chevrons_and_are_added_o
     tokenizer = modeling.load_tokenizer(stages / "data" / "tokenizer")
     model = modeling.build_model({"pretrained": str(stages / "model")}, tokenizer)
     weight = model.get_input_embeddings().weight
-    assert weight.shape[0] == VOCAB + 3 and model.get_output_embeddings().weight.data_ptr() == weight.data_ptr()  # tied, as Llama-3.2-1B
+    assert weight.shape[0] == VOCAB + 3
+    assert model.get_output_embeddings().weight.data_ptr() == weight.data_ptr()  # tied, as Llama-3.2-1B
     assert torch.equal(weight[VOCAB:], weight[2501].expand(3, -1)) and not torch.equal(weight[VOCAB - 1], weight[2501])
     for method in ("cot_sft", "coconut", "simcot", "atp", "atp_rl"):
         saved = modeling.load_tokenizer(stages / "train" / method / "model")
@@ -153,7 +158,8 @@ def test_prompts_and_labels_are_laid_out_as_method_md_says_for_a_pretrained_mode
     assert labels[: len(prompt)] == [IGNORE] * len(prompt) and labels[len(prompt):] == ids[len(prompt):]
     assert ids[-1] == EOS_ID and tokenizer.decode(ids[len(prompt): -1]) == cot_target(record["steps"], record["answer"])
     (latent,), _ = encode_latent_records([record], tokenizer, 512, LatentConfig(c=2, max_steps=10))
-    assert latent.prompt == prompt and latent.answer[-1] == EOS_ID and tokenizer.decode(latent.answer[:-1]) == f"### {record['answer']}"
+    assert latent.prompt == prompt and latent.answer[-1] == EOS_ID
+    assert tokenizer.decode(latent.answer[:-1]) == f"### {record['answer']}"
     assert [tokenizer.decode(s) for s in latent.step_texts] == record["steps"]
 
 
@@ -182,7 +188,8 @@ def test_evaluation_and_explain_read_back_byte_level_generations(stages, capsys)
 
     for method in ("cot_sft", "atp_rl"):
         for suite in ("test", "hard", "easy", "varied"):
-            rows = [json.loads(line) for line in (stages / "eval" / method / suite / "predictions.jsonl").read_text().splitlines()]
+            predictions = stages / "eval" / method / suite / "predictions.jsonl"
+            rows = [json.loads(line) for line in predictions.read_text().splitlines()]
             assert len(rows) == 4 and not any("Ġ" in r["generation"] or "Ċ" in r["generation"] for r in rows), (method, suite)
             assert all(r["prediction"] == parse_answer(r["generation"]) for r in rows)
     metrics = json.loads((stages / "eval" / "atp_rl" / "test" / "metrics.json").read_text())
