@@ -67,9 +67,10 @@ def write_data_dir(folder: Path, splits: dict, tokenizer, names=("train", "val")
     return folder
 
 
-def snakemake_cmd(workdir, *args, extra_config: str | None = None) -> list[str]:
-    """The Snakemake command line for the test config in `workdir`; `extra_config` (YAML text) is merged over it."""
-    configs = [str(TEST_CONFIG)]
+def snakemake_cmd(workdir, *args, extra_config: str | None = None, configs: list | None = None) -> list[str]:
+    """The Snakemake command line in `workdir` for the test config (or `configs`, merged in order over
+    config/config.yaml); `extra_config` (YAML text) is merged over them."""
+    configs = [str(c) for c in configs or [TEST_CONFIG]]
     if extra_config is not None:
         (workdir / "extra.yaml").write_text(extra_config)
         configs.append(str(workdir / "extra.yaml"))
@@ -89,9 +90,9 @@ def snakemake_cmd(workdir, *args, extra_config: str | None = None) -> list[str]:
     ]
 
 
-def snakemake(workdir, *args, extra_config: str | None = None, check=True):
+def snakemake(workdir, *args, extra_config: str | None = None, configs: list | None = None, check=True):
     """Run Snakemake on the test config in `workdir` (see snakemake_cmd); raise with its output if it fails."""
-    cmd = snakemake_cmd(workdir, *args, extra_config=extra_config)
+    cmd = snakemake_cmd(workdir, *args, extra_config=extra_config, configs=configs)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")

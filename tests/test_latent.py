@@ -108,6 +108,19 @@ def test_stop_labels_appear_at_every_stage_from_the_second_on():
     assert [sum(layout(record(2), k, cfg, EOS, EOT).stop_labels) for k in (1, 2, 3, 4)] == [0, 0, 1, 2]
 
 
+def test_the_share_of_stop_labels_is_logged_with_the_loss(tiny_data):
+    """`stop_share` (stop labels / step boundaries of the batch) shows whether a run ever trained its stop head to stop."""
+    model, records, tok = make(tiny_data, "atp", c=1, max_steps=4, stage_steps=1)
+    objective = LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id)
+    batch = records[:8]
+    for step in (0, 3):
+        layouts = [layout(r, model.cfg.stage(step), model.cfg, tok.eos_token_id, model.eot_id) for r in batch]
+        labels = [label for lay in layouts for label in lay.stop_labels]
+        _, parts = objective.loss(model, batch, objective.totals(batch, step), step, torch.device("cpu"))
+        assert parts["stop_share"].item() == pytest.approx(sum(labels) / len(labels))
+        assert (parts["stop_share"].item() > 0) == (step == 3)  # stage 1: no surplus slot; stage 4: short problems stop
+
+
 def test_steps_beyond_s_join_the_last_decoder_target():
     lay = layout(record(5), 3, LatentConfig(variant="atp", c=1, max_steps=3), EOS, EOT)
     assert lay.slot_state == [ACTIVE] * 3 and lay.suffix == [EOT, 7, 8, 99]

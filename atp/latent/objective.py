@@ -159,6 +159,11 @@ class LatentObjective:
         if "stop" in sums:
             parts["stop"] = sums["stop"] / totals["stops"]
             loss = loss + parts["stop"]
+            # Share of the step boundaries labelled "stop" (logged): zero all run long would mean an RL start
+            # whose stop head never saw a positive label.
+            layouts = (layout(r, k, self.cfg, self.eos_id, self.eot_id) for r, k in zip(records, self.stages(records, step)))
+            stops = sum(sum(lay.stop_labels) for lay in layouts)
+            parts["stop_share"] = torch.tensor(stops / totals["stops"], device=loss.device)
         parts = {k: v.detach() for k, v in parts.items()}
         parts["loss"] = loss.detach()
         return loss, parts
