@@ -37,16 +37,16 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    import yaml
 
     from atp import modeling
+    from atp.config import load
     from atp.data.records import read_jsonl
     from atp.data.synthetic import SuiteSpec, generate_split, twin_name
     from atp.evaluate import greedy_generate, score
     from atp.text import normalise_question
 
     torch.set_num_threads(args.threads)
-    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    config = load(args.config)  # resolved: config.yaml sets only what differs from the schema's defaults
     data_dir = Path(args.data_dir)
     seen = {normalise_question(r["question"]) for split in ("train", "val") for r in read_jsonl(data_dir / f"{split}.jsonl")}
     model, tokenizer = modeling.load_model(args.model)

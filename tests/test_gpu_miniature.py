@@ -81,6 +81,7 @@ def test_the_gpu_miniature_dry_runs_every_method_one_gpu_job_at_a_time_per_slot(
     counts = job_counts(done.stdout)
     # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent, three RL runs and the frozen RL control.
     assert counts["train"] == 11 and counts["evaluate"] == 10 and counts["prepare_data"] == 1 and counts["table"] == 1
-    assert done.stdout.count("if [ 1 -gt 1 ]") == 11  # gpu=1 per job: `python -m atp.stages.<stage>`, not accelerate
+    # gpu=1 per job: atp.launch runs `python -m atp.stages.<stage>` in one process, not accelerate.
+    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 11
     assert "results/gpu_miniature/train/atp/seed0/model" in done.stdout
     assert not (tmp_path / "results").exists()  # a dry run
