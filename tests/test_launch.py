@@ -10,27 +10,12 @@ import subprocess
 import pytest
 
 from conftest import PYTHON, ROOT
-
-TEST_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+from conftest import snakemake as run_snakemake
 
 
 def snakemake(workdir, *args):
-    cmd = [
-        PYTHON,
-        "-m",
-        "snakemake",
-        *args,
-        "--snakefile",
-        str(ROOT / "workflow" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(TEST_CONFIG),
-        "--cores",
-        "2",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    """Snakemake on the test config in `workdir` (conftest's command line); its whole output."""
+    result = run_snakemake(workdir, *args)
     return result.stdout + result.stderr
 
 

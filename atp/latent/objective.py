@@ -147,7 +147,8 @@ class LatentObjective:
 
     def loss(self, model, records: list[LatentRecord], totals: dict[str, float], step: int, device):
         inner = model.module if hasattr(model, "module") else model  # through DDP
-        sums = model(make_batch(inner, records, self.stages(records, step), device))  # forward: loss_sums
+        batch = make_batch(inner, records, self.stages(records, step), device)
+        sums = model(batch)  # forward: loss_sums
         parts = {"ce": sums["ce"] / totals["tokens"]}
         loss = parts["ce"]
         if "kl" in sums:
@@ -161,8 +162,7 @@ class LatentObjective:
             loss = loss + parts["stop"]
             # Share of the step boundaries labelled "stop" (logged): zero all run long would mean an RL start
             # whose stop head never saw a positive label.
-            layouts = (layout(r, k, self.cfg, self.eos_id, self.eot_id) for r, k in zip(records, self.stages(records, step)))
-            stops = sum(sum(lay.stop_labels) for lay in layouts)
+            stops = sum(sum(lay.stop_labels) for lay in batch.layouts)
             parts["stop_share"] = torch.tensor(stops / totals["stops"], device=loss.device)
         parts = {k: v.detach() for k, v in parts.items()}
         parts["loss"] = loss.detach()
