@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import logging
 import os
@@ -86,6 +88,60 @@ def git_info(cwd: str | Path | None = None) -> dict[str, str]:
     commit = run("rev-parse", "HEAD")
     status = run("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit or "unknown", "dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def _module_file(package_root: Path, name: str) -> Path | None:
+    base = package_root.parent.joinpath(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _atp_imports(package_root: Path, name: str, path: Path) -> set[str]:
+    """The modules of the package that `name` (at `path`) imports anywhere in its source, function-level imports
+    included, plus their parent packages (importing `a.b.c` runs `a/__init__` and `a/b/__init__` too)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                module = ".".join(package[: len(package) - node.level + 1] + ([module] if module else []))
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    root = package_root.name
+    modules = set()
+    for dotted in found:
+        parts = dotted.split(".")
+        if parts[0] == root:
+            modules |= {".".join(parts[:i]) for i in range(1, len(parts) + 1) if _module_file(package_root, ".".join(parts[:i]))}
+    return modules
+
+
+def source_digest(module: str, package_root: str | Path | None = None) -> str:
+    """A short hash of the source of `module` and of every module of its package that it imports, transitively.
+
+    The workflow passes it to each job as a parameter, so that Snakemake reruns a stage when the code it runs
+    changes (its `code` trigger sees only the rule's own command), and only the stages that import the changed
+    file. Static imports only: a module loaded by name (importlib) is not followed."""
+    package_root = Path(package_root) if package_root else Path(__file__).resolve().parent
+    seen: dict[str, Path] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        path = _module_file(package_root, name)
+        if name in seen or path is None:
+            continue
+        seen[name] = path
+        pending.extend(_atp_imports(package_root, name, path))
+    if module not in seen:
+        raise ValueError(f"no module {module!r} under {package_root}")
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(f"{name}\0".encode() + seen[name].read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def write_json(path: str | Path, payload: object) -> None:

@@ -90,10 +90,11 @@ def snakemake_cmd(workdir, *args, extra_config: str | None = None, configs: list
     ]
 
 
-def snakemake(workdir, *args, extra_config: str | None = None, configs: list | None = None, check=True):
-    """Run Snakemake on the test config in `workdir` (see snakemake_cmd); raise with its output if it fails."""
+def snakemake(workdir, *args, extra_config: str | None = None, configs: list | None = None, check=True, env=None):
+    """Run Snakemake on the test config in `workdir` (see snakemake_cmd), with `env` added to the environment;
+    raise with its output if it fails."""
     cmd = snakemake_cmd(workdir, *args, extra_config=extra_config, configs=configs)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
     return result

@@ -161,6 +161,25 @@ def test_changing_a_latent_setting_reruns_only_the_latent_stages_their_evaluatio
         assert f"wildcards: exp=test, method={method}," not in result.stdout
 
 
+def test_editing_the_latent_loops_code_reruns_the_stages_that_import_it_and_nothing_else(pipeline, tmp_path):
+    # The edited code is a copy of the package first on the path (and the checkout's folder kept off it), so
+    # the repository is left alone; the package finds its config schema under ../workflow.
+    shutil.copytree(ROOT / "atp", tmp_path / "atp", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "workflow").symlink_to(ROOT / "workflow")
+    objective = tmp_path / "atp" / "latent" / "objective.py"
+    objective.write_text(objective.read_text() + "\n# an edit\n")
+    result = snakemake(pipeline, "-n", env={"PYTHONPATH": str(tmp_path), "PYTHONSAFEPATH": "1"})
+    assert "Params have changed" in result.stdout
+    counts = job_counts(result.stdout)
+    # Latent SFT and RL train on it (pause, atp, atp_rl and its frozen control) and every evaluation imports
+    # it; CoT-SFT, No-CoT SFT and data prep do not.
+    assert counts.get("train") == 4 and counts.get("evaluate") == 5 and counts.get("table") == 1
+    assert "prepare_data" not in counts
+    # Without the edit, nothing is out of date.
+    unedited = snakemake(pipeline, "-n")
+    assert "Nothing to be done" in unedited.stdout + unedited.stderr
+
+
 def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the_policy(pipeline):
     import mlflow
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from atp import cli
 from atp.runtime import git_info, read_json
+from atp.tracking import summary_metrics
 
 log = logging.getLogger("atp.table")
 
@@ -80,16 +81,6 @@ def aggregate(metrics: list[dict], methods: dict) -> object:
         row["avg_tokens"] = statistics.fmean(per_seed_avg_tok)
         rows.append({k: statistics.fmean(v) if isinstance(v, list) else v for k, v in row.items()})
     return pd.DataFrame(rows).round(4), suites
-
-
-def summary_metrics(rows) -> dict[str, float]:
-    """Each row's four-suite average accuracy and tokens, as MLflow metrics: the table job's run and the
-    pipeline's parent run (atp.tracking.end_parent, which reads them back from table.csv) carry the same."""
-    metrics = {}
-    for row in rows:
-        metrics[f"table/{row['method']}/avg_acc"] = float(row["avg_acc"])
-        metrics[f"table/{row['method']}/avg_tokens"] = float(row["avg_tokens"])
-    return metrics
 
 
 def markdown(frame, suites: list[str], provenance: str, methods: dict | None = None) -> str:

@@ -1,10 +1,11 @@
 # Config validation, wildcard constraints and the helpers that rules call.
+import functools
 import json
 import os
 import sys
 
 import atp.config
-from atp.runtime import OFFLINE_ENV
+from atp.runtime import OFFLINE_ENV, source_digest
 
 # Validated and completed by the same code as a stage run by hand (atp.config.resolve, against
 # workflow/schemas/config.schema.yaml), so a method's overrides are checked key by key, nested keys included.
@@ -86,6 +87,17 @@ def job_config_json(wildcards):
 def stage_module(wildcards):
     """The stage CLI that trains a method (atp.stages.<stage>)."""
     return config["methods"][wildcards.method]["stage"]
+
+
+@functools.cache
+def code_version(stage):
+    """A hash of the code a stage runs (atp.stages.<stage> and every atp module it imports): a rule parameter,
+    so that editing a stage's code reruns its jobs and what follows, and nothing that does not import it."""
+    return source_digest(f"atp.stages.{stage}")
+
+
+def train_code_version(wildcards):
+    return code_version(stage_module(wildcards))
 
 
 def init_model(wildcards):

@@ -50,6 +50,7 @@ rule prepare_data:
     threads: 1
     params:
         out_dir=subpath(output.train, parent=True),
+        code=code_version("prepare_data"),
     shell:
         "python -m atp.stages.prepare_data --config {input.config} --parent {input.parent}"
         " --out-dir {params.out_dir} --rule prepare_data > {log} 2>&1"

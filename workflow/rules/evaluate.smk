@@ -21,6 +21,7 @@ rule evaluate:
         gpu=0,
     params:
         suites=SUITES,
+        code=code_version("evaluate"),
         data_dir=data_dir,
         out_dir="results/{exp}/eval/{method}/seed{seed}",
     shell:

@@ -17,6 +17,8 @@ rule table:
     localrule: True
     conda:
         "../envs/atp.yaml"
+    params:
+        code=code_version("table"),
     shell:
         "python -m atp.stages.table --config {input.config} --metrics {input.metrics}"
         " --out-md {output.md} --out-csv {output.csv} --parent {input.parent} --rule table"
@@ -47,6 +49,7 @@ rule report_figures:
         "../envs/atp.yaml"
     params:
         runs=rl_runs,
+        code=code_version("report"),
         frozen=frozen_runs,
         out_dir=subpath(output.registry, parent=True),
     shell:

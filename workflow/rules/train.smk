@@ -29,6 +29,7 @@ rule train:
         accelerate="ddp",
     params:
         stage=stage_module,
+        code=train_code_version,
         init=init_arg,
         data_dir=subpath(input.data, parent=True),
         out_dir=subpath(output.metrics, parent=True),
