@@ -172,17 +172,19 @@ def test_a_grpo_update_changes_the_policy_and_leaves_the_decoder_frozen(tiny_dat
 
 
 def test_a_grpo_step_runs_end_to_end_with_lora_and_a_kl_penalty(tiny_data):
-    import copy
-
     from atp.modeling import apply_lora
-    from atp.rl import freeze_decoder, grpo_step
+    from atp.rl import freeze_decoder, grpo_step, reference_policy
 
     model, prompts, tok = policy(tiny_data)
     model.backbone = apply_lora(
         model.backbone, {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     )
     freeze_decoder(model)
-    ref = copy.deepcopy(model).requires_grad_(False)
+    keys = list(model.state_dict())
+    ref = reference_policy(model)
+    # The reference leaves out the step decoder (replay never runs it) and leaves the policy as it was.
+    assert ref.decoder is None and model.decoder is not None and list(model.state_dict()) == keys
+    assert not any(p.requires_grad for p in ref.parameters())
     cfg = RLConfig(questions=4, group_size=4, minibatch_size=8, max_answer_tokens=6, kl_coef=0.1)
     # Coherence only, ungated: an untrained policy already varies in it (rows that stop at once score 1).
     rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)

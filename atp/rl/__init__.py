@@ -30,7 +30,7 @@ task atp.train.run_loop runs). The names below are the public ones.
 """
 
 from atp.rl.config import RLConfig
-from atp.rl.grpo import GRPOTask, check_world, freeze_decoder, grpo_step, rl_settings
+from atp.rl.grpo import GRPOTask, check_world, freeze_decoder, grpo_step, reference_policy, rl_settings
 from atp.rl.loss import LATENT_ACTIONS, gradient_diagnostics, group_advantages, ppo_clip_loss
 from atp.rl.policy import Trajectories, gaussian_logp, replay, rollout
 from atp.rl.update import all_reduce_sum, ppo_update, sync_gradients
@@ -49,6 +49,7 @@ __all__ = [
     "group_advantages",
     "ppo_clip_loss",
     "ppo_update",
+    "reference_policy",
     "replay",
     "rl_settings",
     "rollout",

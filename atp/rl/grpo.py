@@ -33,6 +33,25 @@ def freeze_decoder(model: LatentReasoner) -> LatentReasoner:
     return model
 
 
+def reference_policy(model: LatentReasoner) -> LatentReasoner:
+    """A frozen copy of the policy for the KL penalty (`kl_coef > 0`): what replay runs (backbone, latent and stop
+    heads), without the step decoder, which replay never runs and which can be a whole second backbone
+    (`decoder_copies_backbone`, the paper's setting)."""
+    import copy
+
+    modules = model._modules  # swapped in place, so the policy's module order (and state_dict) is unchanged
+    decoder = modules.get("decoder")
+    modules["decoder"] = None
+    try:
+        ref = copy.deepcopy(model)
+    finally:
+        if decoder is not None:
+            modules["decoder"] = decoder
+        else:
+            del modules["decoder"]
+    return ref.eval().requires_grad_(False)
+
+
 def check_world(cfg: RLConfig, world_size: int) -> None:
     """N processes share each step's questions (whole groups) and each minibatch evenly, or the run is refused."""
     from atp.config import ConfigError

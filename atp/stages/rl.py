@@ -49,12 +49,11 @@ def load_policy(init: str, lora_cfg: dict):
 
 
 def main(args, config: dict) -> None:
-    import copy
 
     from atp import modeling
     from atp.config import ConfigError
     from atp.latent import save_latent
-    from atp.rl import GRPOTask, check_world, rl_settings
+    from atp.rl import GRPOTask, check_world, reference_policy, rl_settings
     from atp.stages.common import History, drop_checkpoints, setup, validation_metrics, write_metrics
     from atp.tracking import Tracker
     from atp.train import checkpoint_writer, optimizer_and_resume, run_loop
@@ -68,7 +67,7 @@ def main(args, config: dict) -> None:
     model.to(s.dist.device)
     if s.train_cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()  # the replays recompute; rollouts (no gradient) do not
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if rl_cfg.kl_coef > 0 else None
+    ref = reference_policy(model) if rl_cfg.kl_coef > 0 else None
     records = read_jsonl(s.data_dir / "train.jsonl")
     prompts = [modeling.prompt_ids(tokenizer, r["question"]) for r in records]
     trainable, optimizer, start = optimizer_and_resume(model, s.train_cfg, s.ckpt_dir, s.meta)
