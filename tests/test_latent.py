@@ -156,6 +156,16 @@ def test_the_cached_loop_equals_full_recomputation(tiny_data, variant):
     assert torch.allclose(cached[valid], full[valid], atol=1e-5), (cached[valid] - full[valid]).abs().max()
 
 
+def test_the_residual_head_starts_at_the_hidden_state_and_the_papers_head_does_not(tiny_data):
+    h = torch.randn(3, tiny_data[0]["model"]["hidden_size"])
+    residual, _, _ = make(tiny_data, "atp_no_vae", head="residual")
+    assert torch.equal(residual.latent(h, None, mode="mu")["mu"], h)
+    paper, _, _ = make(tiny_data, "atp_no_vae")
+    assert not torch.allclose(paper.latent(h, None, mode="mu")["mu"], h)
+    with pytest.raises(ValueError, match="latent.head"):
+        LatentConfig(head="resid")
+
+
 def test_the_stop_head_spends_a_multiple_of_c_latents_never_more_than_c_times_s(tiny_data):
     model, records, tok = make(tiny_data, "atp", c=2, max_steps=3)
     model.eval()

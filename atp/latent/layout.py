@@ -28,6 +28,9 @@ class LatentConfig:
     rescale: str = "none"  # none | embedding_norm: scale each fed-back vector to the mean token-embedding norm
     scale: float = 1.0  # multiplies every fed-back vector (CoLaR's embedding-std factor)
     head_hidden: int | None = None  # width of the latent and stop heads (None: the backbone's)
+    # mlp: mu = the latent head of h (the paper's); residual: mu = h + the head's correction, which starts at 0,
+    # so that the Gaussian is centred on the hidden state Coconut and SIM-CoT feed back
+    head: str = "mlp"
     # The step decoder: a small Llama of these sizes, or, with `copy_backbone: true`, a copy of the backbone (the paper's).
     decoder: dict = field(default_factory=lambda: {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128})
     stage_steps: int = 300  # optimizer steps per curriculum stage before the last (the last gets the rest)
@@ -41,6 +44,8 @@ class LatentConfig:
             raise ValueError("latent.c and latent.max_steps must be at least 1")
         if self.rescale not in ("none", "embedding_norm"):
             raise ValueError(f"latent.rescale must be 'none' or 'embedding_norm', not {self.rescale!r}")
+        if self.head not in ("mlp", "residual"):
+            raise ValueError(f"latent.head must be 'mlp' or 'residual', not {self.head!r}")
 
     @property
     def spec(self) -> Variant:

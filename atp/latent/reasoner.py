@@ -96,6 +96,9 @@ class LatentReasoner(nn.Module):
             self.latent_trunk = nn.Sequential(*_mlp(d, h, h), nn.LayerNorm(h))
             self.mu_head = nn.Linear(h, d)
             self.logvar_head = nn.Linear(h, d)
+            if cfg.head == "residual":  # mu starts as h itself: the correction is 0
+                nn.init.zeros_(self.mu_head.weight)
+                nn.init.zeros_(self.mu_head.bias)
         if spec.stop:
             self.stop_head = nn.Sequential(*_mlp(d, h, 2))
         if spec.feed == "pause":
@@ -173,6 +176,8 @@ class LatentReasoner(nn.Module):
         else:
             a = self.latent_trunk(h)
             mu, logvar = self.mu_head(a), self.logvar_head(a).clamp(-12.0, 6.0)
+            if self.cfg.head == "residual":
+                mu = h + mu
             out.update(mu=mu, logvar=logvar)
             if forced is not None and spec.feed == "sample":
                 z = forced
