@@ -55,7 +55,7 @@ def grid(args) -> None:
                 for method in CONTROLS + METHODS:
                     setting = {"variant": method, "steps": BASE_STEPS * budget, "seed": seed}
                     if method != "nocot":
-                        setting.update(rescale="embedding_norm", stage_steps=BASE_STAGE_STEPS * budget)
+                        setting.update(rescale="embedding_norm", stage_steps=BASE_STAGE_STEPS * budget, **args.latent)
                     print(
                         json.dumps(
                             {
@@ -151,6 +151,13 @@ def main() -> None:
     g.add_argument("--widths", type=int, nargs="+", default=[96])
     g.add_argument("--budgets", type=int, nargs="+", default=[1, 2, 4])
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    g.add_argument(
+        "--latent",
+        type=json.loads,
+        default={},
+        help="JSON: latent settings for every method but No-CoT FT, e.g. the default config's "
+        '\'{"head": "residual", "decoder_weight": 0.1}\' (absent: the paper\'s head and decoder weight, as sessions 5-7 ran)',
+    )
     q = sub.add_parser("plot")
     q.add_argument("--results", required=True)
     q.add_argument("--out", required=True)
