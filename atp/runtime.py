@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import logging
@@ -98,22 +99,30 @@ def _module_file(package_root: Path, name: str) -> Path | None:
     return None
 
 
-def _atp_imports(package_root: Path, name: str, path: Path) -> set[str]:
-    """The modules of the package that `name` (at `path`) imports anywhere in its source, function-level imports
-    included, plus their parent packages (importing `a.b.c` runs `a/__init__` and `a/b/__init__` too)."""
-    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+@functools.cache
+def _imported_names(source: str, package: tuple[str, ...]) -> frozenset[str]:
+    """Every dotted name a module's source imports, anywhere in it (function-level imports included), relative
+    imports resolved against `package`. Keyed by the source text, so the stages' digests parse a module they
+    share once, and an edited file is parsed again."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level:
-                module = ".".join(package[: len(package) - node.level + 1] + ([module] if module else []))
+                module = ".".join(list(package[: len(package) - node.level + 1]) + ([module] if module else []))
             found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    return frozenset(found)
+
+
+def _atp_imports(package_root: Path, name: str, path: Path) -> set[str]:
+    """The modules of the package that `name` (at `path`) imports, plus their parent packages (importing `a.b.c`
+    runs `a/__init__` and `a/b/__init__` too)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     root = package_root.name
     modules = set()
-    for dotted in found:
+    for dotted in _imported_names(path.read_text(encoding="utf-8"), tuple(package)):
         parts = dotted.split(".")
         if parts[0] == root:
             modules |= {".".join(parts[:i]) for i in range(1, len(parts) + 1) if _module_file(package_root, ".".join(parts[:i]))}
@@ -131,8 +140,10 @@ def source_digest(module: str, package_root: str | Path | None = None) -> str:
     pending = [module]
     while pending:
         name = pending.pop()
+        if name in seen:
+            continue
         path = _module_file(package_root, name)
-        if name in seen or path is None:
+        if path is None:
             continue
         seen[name] = path
         pending.extend(_atp_imports(package_root, name, path))

@@ -39,17 +39,10 @@ def reference_policy(model: LatentReasoner) -> LatentReasoner:
     (`decoder_copies_backbone`, the paper's setting)."""
     import copy
 
-    modules = model._modules  # swapped in place, so the policy's module order (and state_dict) is unchanged
-    decoder = modules.get("decoder")
-    modules["decoder"] = None
-    try:
-        ref = copy.deepcopy(model)
-    finally:
-        if decoder is not None:
-            modules["decoder"] = decoder
-        else:
-            del modules["decoder"]
-    return ref.eval().requires_grad_(False)
+    # The decoder's entry in deepcopy's memo makes the copy hold None in its place; the policy is left untouched.
+    decoder = getattr(model, "decoder", None)
+    memo = {} if decoder is None else {id(decoder): None}
+    return copy.deepcopy(model, memo).eval().requires_grad_(False)
 
 
 def check_world(cfg: RLConfig, world_size: int) -> None:

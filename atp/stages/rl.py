@@ -49,7 +49,6 @@ def load_policy(init: str, lora_cfg: dict):
 
 
 def main(args, config: dict) -> None:
-
     from atp import modeling
     from atp.config import ConfigError
     from atp.latent import save_latent
