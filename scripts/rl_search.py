@@ -87,11 +87,15 @@ def against_frozen(results: list[dict], root: Path) -> None:
 
 
 def schedule(point: dict) -> dict:
-    """What fixes the question schedule of an RL run: seed, steps and questions per step."""
+    """What fixes the question schedule of an RL run and its rollouts' distribution at the start: seed, steps,
+    questions per step, the two sampling temperatures (a frozen control must sample as the run does)."""
+    rl = point.get("rl", {})
     return {
         "seed": point.get("seed", 0),
         "steps": point.get("train", {}).get("steps"),
-        "questions": point.get("rl", {}).get("questions"),
+        "questions": rl.get("questions"),
+        "temperature": rl.get("temperature"),
+        "latent_temperature": rl.get("latent_temperature", 1.0),
     }
 
 

@@ -36,30 +36,32 @@ def model_setting(width: int) -> dict:
 
 
 def grid(args) -> None:
+    tag = f"_{args.tag}" if args.tag else ""
     print("# The scaling study (scripts/scaling_study.py grid); names: <data>-w<width>-x<budget>-<method>-s<seed>.")
     for width in args.widths:
         cot = f"{args.data}/cot_w{width}"
-        print(
-            json.dumps(
-                {
-                    "name": f"{args.data}-w{width}-cot",
-                    "data": args.data,
-                    "init": None,
-                    "save": cot,
-                    "setting": {"variant": "cot", "steps": 3200, "min_lr_ratio": 0.0, **model_setting(width)},
-                }
+        if not args.reuse_cot:
+            print(
+                json.dumps(
+                    {
+                        "name": f"{args.data}-w{width}-cot",
+                        "data": args.data,
+                        "init": None,
+                        "save": cot,
+                        "setting": {"variant": "cot", "steps": 3200, "min_lr_ratio": 0.0, **model_setting(width)},
+                    }
+                )
             )
-        )
         for budget in args.budgets:
             for seed in args.seeds:
-                for method in CONTROLS + METHODS:
+                for method in args.methods:
                     setting = {"variant": method, "steps": BASE_STEPS * budget, "seed": seed}
                     if method != "nocot":
                         setting.update(rescale="embedding_norm", stage_steps=BASE_STAGE_STEPS * budget, **args.latent)
                     print(
                         json.dumps(
                             {
-                                "name": f"{args.data}-w{width}-x{budget}-{method}-s{seed}",
+                                "name": f"{args.data}-w{width}-x{budget}-{method}{tag}-s{seed}",
                                 "data": args.data,
                                 "init": cot,
                                 "save": None,
@@ -82,7 +84,7 @@ def plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    results = [json.loads(line) for f in args.results for line in Path(f).read_text().splitlines() if line.strip()]
     acc: dict[tuple, float] = {}
     for r in results:
         key = parse(r["name"]) if r.get("name") else None
@@ -110,9 +112,9 @@ def plot(args) -> None:
         lines.append(f"| {width} | {method} | {budget}x | {statistics.fmean(values):+.1f} +- {std:.1f} (n={len(values)}) |")
     (out / "scaling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    styles = {m: s for m, s in zip(METHODS, ("o-", "s-", "D-"))}
+    markers = dict(zip(METHODS, "osD"))
     for width in sorted({k[0] for k in margins}):
-        for method in METHODS:
+        for method in (*METHODS, *args.variants):
             points = sorted((b, v) for (w, m, b), v in margins.items() if w == width and m == method)
             if not points:
                 continue
@@ -123,7 +125,7 @@ def plot(args) -> None:
                 x,
                 y,
                 yerr=err,
-                fmt=styles[method],
+                fmt=markers[method.split("_")[0]] + ("-" if method in METHODS else "--"),
                 capsize=3,
                 label=f"{method}, width {width}",
                 alpha=0.5 + 0.5 * (width == max(k[0] for k in margins)),
@@ -158,8 +160,17 @@ def main() -> None:
         help="JSON: latent settings for every method but No-CoT FT, e.g. the default config's "
         '\'{"head": "residual", "decoder_weight": 0.1}\' (absent: the paper\'s head and decoder weight, as sessions 5-7 ran)',
     )
+    g.add_argument("--methods", nargs="+", default=list(CONTROLS + METHODS), choices=CONTROLS + METHODS)
+    g.add_argument("--tag", default="", help="suffix of the method names, naming a --latent setting (e.g. residual_dec01)")
+    g.add_argument("--reuse-cot", action="store_true", help="the CoT-SFT models exist already: no line to train them")
     q = sub.add_parser("plot")
-    q.add_argument("--results", required=True)
+    q.add_argument("--results", required=True, nargs="+", help="result files (run_grid's --out), read together")
+    q.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="tagged methods to draw besides the three (e.g. atp_residual_dec01), dashed, in their base method's marker",
+    )
     q.add_argument("--out", required=True)
     args = p.parse_args()
     (grid if args.command == "grid" else plot)(args)

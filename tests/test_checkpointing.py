@@ -141,7 +141,7 @@ def test_rl_replay_loss_and_gradients_are_unchanged(tiny_data):
         counter = count_mlp_calls(model.core.layers)
         with modeling.checkpoint_in_eval(model):
             assert model.recomputes() == (model is ckpt)
-            new = replay(model, traj, cfg.temperature)
+            new = replay(model, traj, cfg)
         loss, _, _ = ppo_clip_loss(new, traj.old, traj.masks, advantages, cfg)
         loss.backward()
         losses.append(loss.item())

@@ -54,7 +54,7 @@ def test_replay_gives_the_rollout_log_probabilities_before_any_update(tiny_data,
     model, prompts, _ = policy(tiny_data, variant)
     cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6)
     traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(0))
-    new = replay(model, traj, cfg.temperature)
+    new = replay(model, traj, cfg)
     assert set(new) == set(traj.old) == ({"latent", "stop", "answer"} if variant == "atp" else {"latent", "answer"})
     for key in new:
         m = traj.masks[key]
@@ -64,6 +64,32 @@ def test_replay_gives_the_rollout_log_probabilities_before_any_update(tiny_data,
     assert torch.equal(traj.masks["latent"].sum(-1), torch.clamp(used + (traj.stop_labels.sum(-1)), max=6))
     if variant == "atp":  # one stop decision per boundary reached, the last one the stop itself
         assert torch.equal(traj.masks["stop"].sum(-1), used // 2 + traj.stop_labels.sum(-1))
+
+
+def test_latent_temperature_widens_the_draws_and_replay_scores_them_under_the_tempered_gaussian(tiny_data):
+    """z ~ N(mu, (T sigma)^2): the draws' spread around mu grows T-fold, and replay at the same T gives
+    the rollout's log-densities back (at T = 1 it would not: those are other densities)."""
+    model, prompts, _ = policy(tiny_data, "atp_no_stop")  # a fixed budget: every slot runs, at either T
+    spreads, trajs = {}, {}
+    for T in (1.0, 4.0):
+        cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=4, latent_temperature=T)
+        traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(0))
+        prefix, mask = model.prefix(traj.prompts)
+        run = model.run_prefix_and_slots(prefix, mask, traj.state, mode="sample", forced_z=traj.z, latent_temperature=T)
+        spreads[T] = ((traj.z - run.mu) * torch.exp(-0.5 * run.logvar)).std().item()  # standardised by T sigma: ~1
+        own = model.run_prefix_and_slots(prefix, mask, traj.state, mode="sample", forced_z=traj.z)  # the head's sigma
+        assert ((traj.z - own.mu) * torch.exp(-0.5 * own.logvar)).std().item() == pytest.approx(T, rel=0.1)
+        new = replay(model, traj, cfg)
+        m = traj.masks["latent"]
+        assert torch.allclose(new["latent"][m], traj.old["latent"][m], atol=1e-3)
+        trajs[T] = (traj, cfg)
+    assert spreads[1.0] == pytest.approx(1.0, abs=0.1) and spreads[4.0] == pytest.approx(1.0, abs=0.1)
+    traj, cfg = trajs[4.0]
+    untempered = replay(model, traj, RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=4))
+    m = traj.masks["latent"]
+    assert not torch.allclose(untempered["latent"][m], traj.old["latent"][m], atol=1e-1)
+    with pytest.raises(ValueError, match="latent_temperature"):
+        RLConfig(latent_temperature=0.0)
 
 
 def test_ppo_clip_loss_pooled_over_actions_at_ratio_one_is_minus_the_mean_advantage_and_clips_large_ratios():
@@ -161,7 +187,7 @@ def test_a_grpo_update_changes_the_policy_and_leaves_the_decoder_frozen(tiny_dat
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
     advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0] * 4), 4)
-    loss, _, _ = ppo_clip_loss(replay(model, traj, cfg.temperature), traj.old, traj.masks, advantages, cfg)
+    loss, _, _ = ppo_clip_loss(replay(model, traj, cfg), traj.old, traj.masks, advantages, cfg)
     assert torch.isfinite(loss)
     loss.backward()
     optimizer.step()

@@ -115,6 +115,26 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
         "| 64 | 1x | 0 | coconut | 60.0 | 55.0 | 57.0 | +3.0 |" in table and "| 64 | simcot | 1x | -7.0 +- 0.0 (n=1) |" in table
     )
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # A tagged variant (a --latent setting under its own name), read from a second results file against the same controls.
+    tagged = subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "1"]
+        + ["--seeds", "0", "--reuse-cot", "--methods", "simcot", "--latent", '{"decoder_weight": 0.1}', "--tag", "dec01"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (point,) = [json.loads(line) for line in tagged.splitlines() if line.startswith("{")]
+    assert point["name"] == "D-w64-x1-simcot_dec01-s0" and point["setting"]["decoder_weight"] == 0.1
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"name": point["name"], "val_accuracy": 0.62}) + "\n")
+    subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "plot", "--results", str(results), str(more)]
+        + ["--out", str(tmp_path / "out2"), "--variants", "simcot_dec01"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "| 64 | simcot_dec01 | 1x | +5.0 +- 0.0 (n=1) |" in (tmp_path / "out2" / "scaling.md").read_text()
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -158,6 +159,7 @@ class LatentReasoner(nn.Module):
         mode: str = "sample",
         generator: torch.Generator | None = None,
         z: torch.Tensor | None = None,
+        temperature: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """The latent of the slot after hidden state `h` (B, d): z, what is fed, and mu/logvar where they exist.
 
@@ -165,6 +167,8 @@ class LatentReasoner(nn.Module):
         mode: `sample` (the variant's own choice: sampled z for atp and atp_no_stop) or `mu`
         (deterministic); other variants are deterministic either way. A given `z` (sampled
         variants) replaces the draw: RL replays a rollout's latents under the current weights.
+        `temperature` scales the Gaussian's standard deviation (logvar + 2 log T, so the returned
+        logvar is the distribution z is drawn from): RL's latent exploration (`rl.latent_temperature`).
         """
         forced = z
         spec = self.cfg.spec
@@ -178,6 +182,8 @@ class LatentReasoner(nn.Module):
             mu, logvar = self.mu_head(a), self.logvar_head(a).clamp(-12.0, 6.0)
             if self.cfg.head == "residual":
                 mu = h + mu
+            if temperature != 1.0:
+                logvar = logvar + 2.0 * math.log(temperature)
             out.update(mu=mu, logvar=logvar)
             if forced is not None and spec.feed == "sample":
                 z = forced
@@ -239,13 +245,15 @@ class LatentReasoner(nn.Module):
         generator: torch.Generator | None = None,
         stop_rule: str | None = None,
         forced_z: torch.Tensor | None = None,
+        latent_temperature: float = 1.0,
     ) -> SlotRun:
         """Run `prefix` (left-padded, ending in <bot>) and then the slots one by one.
 
         `slot_state` (B, N) says which slots are ACTIVE, MASKED or ABSENT; with `stop_rule`
         (`argmax` or `sample`) the stop head decides instead, at step boundaries, and
         everything from a stop on is MASKED. `forced_z` (B, N, d) replays given latents
-        instead of drawing them (RL). Each pass reads the earlier ones through the KV cache
+        instead of drawing them (RL); `latent_temperature` scales the sampled latents' standard
+        deviation (RL's exploration; see `latent`). Each pass reads the earlier ones through the KV cache
         (atp.latent.reference recomputes the whole sequence instead: what the tests compare with).
         """
         spec, c = self.cfg.spec, self.cfg.c
@@ -272,7 +280,7 @@ class LatentReasoner(nn.Module):
             core(inputs_embeds=feeds, attention_mask=mask, position_ids=slot_pos, past_key_values=cache, use_cache=True)
             return SlotRun(next_pass(cache), mask, next_pos + active.sum(-1), state, feeds)
         for j in range(N):
-            lat = self.latent(h, norm, mode, generator, None if forced_z is None else forced_z[:, j])
+            lat = self.latent(h, norm, mode, generator, None if forced_z is None else forced_z[:, j], latent_temperature)
             if spec.stop:
                 logits = self.stop_head(lat["z"])
                 records["stop_logits"].append(logits)

@@ -16,7 +16,10 @@ class RLConfig:
     clip_eps: float = 0.2
     log_ratio_clamp: float = 3.0
     kl_coef: float = 0.0  # KL to the frozen starting policy (k3 estimator per action); 0 = off, as the paper
-    temperature: float = 1.0
+    temperature: float = 1.0  # answer-token sampling
+    # Latent exploration: rollouts draw z ~ N(mu, (T sigma)^2) and score it under that same Gaussian. The SFT
+    # model learns to ignore its own noise (sampled and mu accuracy are equal), so T > 1 explores where it matters.
+    latent_temperature: float = 1.0
     max_answer_tokens: int = 16
     trajectories_every: int = 25  # RL steps between trajectory artifacts
     trajectories_logged: int = 16  # trajectories written each time
@@ -42,8 +45,8 @@ class RLConfig:
                 f"minibatch_size {self.minibatch_size} does not divide questions x group_size = "
                 f"{self.questions * self.group_size}"
             )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature <= 0 or self.latent_temperature <= 0:
+            raise ValueError(f"temperature and latent_temperature must be > 0, got {self.temperature}, {self.latent_temperature}")
         if self.loss not in ("sequence", "action"):
             raise ValueError(f"loss must be 'sequence' or 'action', not {self.loss!r}")
         if self.latent_logp not in ("sum", "mean"):

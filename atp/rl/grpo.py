@@ -101,7 +101,7 @@ def grpo_step(
         # their roundings differ (4.8e-7 in fp32 on the tiny test policy, more under bf16 on a GPU), so the first
         # minibatch's ratio is exactly 1 and nothing is clipped before an update.
         with torch.no_grad():
-            traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
+            traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg).items()}
         used = traj.latents_used.tolist()
         steps = model.decode_steps([traj.feeds[b, :n].float().cpu() for b, n in enumerate(used)], tokenizer)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in traj.answer_ids(model.eos_id)]
@@ -112,7 +112,7 @@ def grpo_step(
     ref_logps = None
     if ref is not None and rl_cfg.kl_coef > 0:
         with torch.no_grad(), autocast:
-            ref_logps = {k: v.detach() for k, v in replay(ref, traj, rl_cfg.temperature, rl_cfg.latent_logp).items()}
+            ref_logps = {k: v.detach() for k, v in replay(ref, traj, rl_cfg).items()}
     diagnostics = gradient_diagnostics(model, trainable, traj, advantages, rl_cfg, autocast) if diagnose else {}
     stats = (
         {}

@@ -123,7 +123,7 @@ def gradient_diagnostics(
     for index in halves:
         part = traj.rows(index)
         with autocast, checkpoint_in_eval(model):
-            new = replay(model, part, cfg.temperature, cfg.latent_logp)
+            new = replay(model, part, cfg)
         _, _, parts = ppo_clip_loss(new, part.old, part.masks, advantages[torch.tensor(index, device=advantages.device)], cfg)
         keys = list(parts)
         half = {}

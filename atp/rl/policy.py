@@ -90,7 +90,13 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     state = torch.full((R, model.cfg.slots), ACTIVE, dtype=torch.long, device=device)
     stop_rule = "sample" if model.cfg.spec.stop else None
     run = model.run_prefix_and_slots(
-        prefix.to(device), prefix_mask.to(device), state, mode="sample", generator=generator, stop_rule=stop_rule
+        prefix.to(device),
+        prefix_mask.to(device),
+        state,
+        mode="sample",
+        generator=generator,
+        stop_rule=stop_rule,
+        latent_temperature=cfg.latent_temperature,
     )
     state = run.state[:, : run.slots_run]
     logps, masks, stop_labels = _slot_logps(model, run, state, cfg.latent_logp)
@@ -109,19 +115,26 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     )
 
 
-def replay(model: LatentReasoner, traj: Trajectories, temperature: float, latent_logp: str = "sum") -> dict[str, torch.Tensor]:
+def replay(model: LatentReasoner, traj: Trajectories, cfg: RLConfig) -> dict[str, torch.Tensor]:
     """Log-probabilities of `traj`'s actions under the model's current weights (with gradient).
 
-    `temperature` and `latent_logp` must be the rollout's, so that before an update they equal `traj.old`.
+    `cfg` must be the rollout's (temperatures, `latent_logp`), so that before an update they equal `traj.old`.
     """
     device = traj.z.device
     prefix, prefix_mask = model.prefix(traj.prompts)
-    run = model.run_prefix_and_slots(prefix.to(device), prefix_mask.to(device), traj.state, mode="sample", forced_z=traj.z)
-    logps, _, _ = _slot_logps(model, run, traj.state, latent_logp)
+    run = model.run_prefix_and_slots(
+        prefix.to(device),
+        prefix_mask.to(device),
+        traj.state,
+        mode="sample",
+        forced_z=traj.z,
+        latent_temperature=cfg.latent_temperature,
+    )
+    logps, _, _ = _slot_logps(model, run, traj.state, cfg.latent_logp)
     R = len(traj.prompts)
     eot = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
     suffix = torch.cat([eot, traj.answer], dim=1)
     suffix_mask = torch.cat([torch.ones_like(eot), traj.masks["answer"].long()], dim=1)
-    logits = model.run_suffix(run, suffix, suffix_mask)[:, :-1].float() / temperature
+    logits = model.run_suffix(run, suffix, suffix_mask)[:, :-1].float() / cfg.temperature
     logps["answer"] = logits.log_softmax(-1).gather(-1, traj.answer[..., None]).squeeze(-1) * traj.masks["answer"]
     return logps

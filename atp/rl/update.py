@@ -100,7 +100,7 @@ def ppo_update(
                 autocast,
                 checkpoint_in_eval(model),
             ):  # checkpointed layers recompute in eval mode too (train.gradient_checkpointing)
-                new = replay(model, part, cfg.temperature, cfg.latent_logp)
+                new = replay(model, part, cfg)
             ref_part = {k: v[torch.tensor(index, device=v.device)] for k, v in ref_logps.items()} if ref_logps else None
             adv_part = advantages[torch.tensor(index, device=advantages.device)]
             loss, info, _ = ppo_clip_loss(
