@@ -7,9 +7,9 @@
     # 2. the table and the plot (validation accuracy only):
     python scripts/scaling_study.py plot --results docs/search/scaling-results.jsonl --out docs/scaling
 
-A budget of k is k x the default latent stage (1200 optimizer steps of 16, 300 steps per curriculum stage
-before the last); the controls (pause, No-CoT fine-tuning) get the same number of steps from the same CoT
-model, so a margin compares equal training. The plot's x axis is latent-stage optimizer steps, one line per
+A budget of k is k x 1200 optimizer steps of 16 and 300 steps per curriculum stage before the last (the
+latent stage of sessions 2-7; config/config.yaml's default is now 4x); the controls (pause, No-CoT
+fine-tuning) get the same number of steps from the same CoT model, so a margin compares equal training. The plot's x axis is latent-stage optimizer steps, one line per
 method and width; a line that crosses 0 is where latent reasoning starts to beat its controls. Accuracy
 is the sampled-latent one where a method samples (ATP-Latent), else greedy.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 METHODS = ("coconut", "simcot", "atp")
 CONTROLS = ("pause", "nocot")
 BASE_STEPS, BASE_STAGE_STEPS = 1200, 300
+DEFAULT_WIDTH = 96  # config/config.yaml's model: drawn solid and filled, other widths dotted and hollow
 # Sizes of a width's model: the default's proportions (4 layers, MLP 4x, heads of 24 dims).
 SIZES = {64: (4, 2, 256), 96: (4, 4, 384), 128: (4, 4, 512), 192: (4, 8, 768)}
 
@@ -112,12 +113,13 @@ def plot(args) -> None:
         lines.append(f"| {width} | {method} | {budget}x | {statistics.fmean(values):+.1f} +- {std:.1f} (n={len(values)}) |")
     (out / "scaling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    markers = dict(zip(METHODS, "osD"))
+    markers, colors = dict(zip(METHODS, "osD")), dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green")))
     for width in sorted({k[0] for k in margins}):
         for method in (*METHODS, *args.variants):
             points = sorted((b, v) for (w, m, b), v in margins.items() if w == width and m == method)
             if not points:
                 continue
+            base, variant = method.split("_")[0], method in args.variants
             x = [b * BASE_STEPS for b, _ in points]
             y = [statistics.fmean(v) for _, v in points]
             err = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
@@ -125,10 +127,12 @@ def plot(args) -> None:
                 x,
                 y,
                 yerr=err,
-                fmt=markers[method.split("_")[0]] + ("-" if method in METHODS else "--"),
+                fmt=markers[base] + ("--" if variant else "-" if width == DEFAULT_WIDTH else ":"),
+                color=colors[base],
+                markerfacecolor=colors[base] if width == DEFAULT_WIDTH else "white",
                 capsize=3,
                 label=f"{method}, width {width}",
-                alpha=0.5 + 0.5 * (width == max(k[0] for k in margins)),
+                alpha=1.0 if variant else 0.6,
             )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)
@@ -137,7 +141,7 @@ def plot(args) -> None:
     ax.minorticks_off()
     ax.set_xlabel("latent-stage optimizer steps (batch 16); the controls get as many")
     ax.set_ylabel("val accuracy minus the better control (points)")
-    ax.set_title("Where does latent reasoning beat its controls? (validation, mean +- std over seeds)")
+    ax.set_title("Where does latent reasoning beat its controls? (validation, mean +- std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
