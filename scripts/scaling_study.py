@@ -9,9 +9,10 @@
 
 A budget of k is k x 1200 optimizer steps of 16 and 300 steps per curriculum stage before the last (the
 latent stage of sessions 2-7; config/config.yaml's default is now 4x); the controls (pause, No-CoT
-fine-tuning) get the same number of steps from the same CoT model, so a margin compares equal training. The plot's x axis is latent-stage optimizer steps, one line per
-method and width; a line that crosses 0 is where latent reasoning starts to beat its controls. Accuracy
-is the sampled-latent one where a method samples (ATP-Latent), else greedy.
+fine-tuning) get the same number of steps from the same CoT model, so a margin compares equal training.
+The plot's x axis is latent-stage optimizer steps, one line per method and width; a line that crosses 0
+is where latent reasoning starts to beat its controls. Accuracy is the sampled-latent one where a method
+samples (ATP-Latent), else greedy.
 """
 
 from __future__ import annotations
