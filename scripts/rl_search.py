@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def job_config(point: dict, method: str, out: Path) -> Path:
+def job(point: dict, method: str) -> dict:
+    """The RL job config of one grid point: the method's settings in config/config.yaml with the point's overrides."""
     from atp import config
 
     cfg = config.load(ROOT / "config" / "config.yaml")
@@ -37,10 +38,14 @@ def job_config(point: dict, method: str, out: Path) -> Path:
         "train": {**spec.get("train", {}), **point.get("train", {})},
         "rl": config.merge(spec.get("rl", {}), point.get("rl", {})),
     }
-    cfg = config.resolve(cfg)
-    job = config.job_config(cfg, f"train_{method}")
+    return config.job_config(config.resolve(cfg), f"train_{method}")
+
+
+def job_config(point: dict, method: str, out: Path) -> Path:
+    from atp import config
+
     path = out / "job.yaml"
-    config.dump(job, path)
+    config.dump(job(point, method), path)
     return path
 
 
@@ -61,17 +66,17 @@ def summary(run: Path) -> dict:
     return out
 
 
-def against_frozen(results: list[dict], root: Path) -> None:
+def against_frozen(results: list[dict], root: Path, method: str = "atp_rl") -> None:
     """Each point's total reward against a frozen point of the same schedule, step by step over the last quarter."""
     from atp.stages.report import against_frozen as paired
 
     frozen = {
-        json.dumps(schedule(r), sort_keys=True): r["name"]
+        json.dumps(schedule(r, method), sort_keys=True): r["name"]
         for r in results
         if r.get("rl", {}).get("frozen") and r.get("returncode") == 0
     }
     for r in results:
-        control = frozen.get(json.dumps(schedule(r), sort_keys=True))
+        control = frozen.get(json.dumps(schedule(r, method), sort_keys=True))
         if r.get("rl", {}).get("frozen") or control is None or r.get("returncode") != 0:
             continue
         history = lambda name: [json.loads(line) for line in (root / name / "history.jsonl").read_text().splitlines()]  # noqa: E731
@@ -86,16 +91,20 @@ def against_frozen(results: list[dict], root: Path) -> None:
             )
 
 
-def schedule(point: dict) -> dict:
+def schedule(point: dict, method: str = "atp_rl") -> dict:
     """What fixes the question schedule of an RL run and its rollouts' distribution at the start: seed, steps,
-    questions per step, the two sampling temperatures (a frozen control must sample as the run does)."""
-    rl = point.get("rl", {})
+    questions per step, the two sampling temperatures (a frozen control must sample as the run does). Read from
+    the resolved settings, so a point that states a default and one that leaves it out have the same schedule."""
+    from atp.rl.grpo import rl_settings
+
+    settings = job(point, method)
+    rl, _ = rl_settings(settings)
     return {
         "seed": point.get("seed", 0),
-        "steps": point.get("train", {}).get("steps"),
-        "questions": rl.get("questions"),
-        "temperature": rl.get("temperature"),
-        "latent_temperature": rl.get("latent_temperature", 1.0),
+        "steps": settings["train"]["steps"],
+        "questions": rl.questions,
+        "temperature": rl.temperature,
+        "latent_temperature": rl.latent_temperature,
     }
 
 
@@ -151,7 +160,7 @@ def main() -> None:
                 line.update(summary(root / name))
             results.append(line)
             print(json.dumps(line, sort_keys=True), flush=True)
-    against_frozen(results, root)  # once every point (and its frozen control) has finished
+    against_frozen(results, root, args.method)  # once every point (and its frozen control) has finished
     with open(args.out, "a", encoding="utf-8") as handle:
         for line in results:
             handle.write(json.dumps(line, sort_keys=True) + "\n")

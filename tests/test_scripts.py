@@ -168,3 +168,21 @@ def test_suite_twins_scores_a_model_on_candidate_suite_settings(tiny_data, tmp_p
     )
     (line,) = [json.loads(text) for text in out.read_text().splitlines()]
     assert line["suite"] == "hard" and line["label"] == "q30" and line["n"] == 6 and 0.0 <= line["accuracy"] <= 1.0
+
+
+def test_rl_search_pairs_a_run_with_the_frozen_control_that_samples_as_it_does():
+    """The schedule is read from the resolved settings: a point stating the default temperature pairs with a control
+    that leaves it out, and one at another temperature or length does not."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rl_search", ROOT / "scripts" / "rl_search.py")
+    rl_search = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_search)
+    from atp import config
+
+    default_temperature = config.method_rl(config.resolve(config.load(ROOT / "config" / "config.yaml")), "atp_rl")["temperature"]
+    control = rl_search.schedule({"name": "frozen", "rl": {"frozen": True}})
+    assert rl_search.schedule({"name": "run", "rl": {"temperature": default_temperature}}) == control
+    assert rl_search.schedule({"name": "hot", "rl": {"temperature": default_temperature + 0.3}}) != control
+    assert rl_search.schedule({"name": "long", "train": {"steps": 10 * control["steps"]}}) != control
+    assert rl_search.schedule({"name": "seed1", "seed": 1, "rl": {"frozen": True}}) != control
