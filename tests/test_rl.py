@@ -135,6 +135,14 @@ def test_the_papers_loss_shape_takes_per_trajectory_means_of_the_latent_and_answ
         zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, latent_weight=0.5, loss="action")
     )
     assert pooled.item() == pytest.approx((-1 - 1 - 3 + 0.25 + 0.5 + 0.5) / 9)
+    # answer weight 0: only the latent and stop term is left, and the answer tokens get no gradient
+    latents_only, _, parts = ppo_clip_loss(
+        zeros, zeros, masks, adv, RLConfig(questions=1, group_size=2, minibatch_size=2, answer_weight=0.0)
+    )
+    assert parts["answer"].item() == 0.0
+    assert latents_only.item() == pytest.approx((-1 + 0.5) / 2)
+    with pytest.raises(ValueError, match="answer_weight"):
+        RLConfig(answer_weight=-1.0)
     # with N processes the normaliser is the global minibatch: this process's two rows of four
     half, _, _ = ppo_clip_loss(zeros, zeros, masks, adv, cfg, rows=4)
     assert half.item() == pytest.approx(loss.item() / 2)

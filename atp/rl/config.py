@@ -27,6 +27,9 @@ class RLConfig:
     loss: str = "sequence"
     latent_logp: str = "sum"  # sum: a latent's Gaussian log-density summed over dimensions (the paper) | mean: averaged (CoLaR)
     latent_weight: float = 1.0  # weight of the latent actions in the loss (stop decisions and answer tokens keep 1)
+    # Weight of the answer tokens in the loss. 0 gives all the credit to the latents and stop decisions: when the answer
+    # is the chain's read-out, a wrong answer's negative advantage otherwise teaches the read-out to leave the chain.
+    answer_weight: float = 1.0
     frozen: bool = (
         False  # roll out and score on the same schedule without updating: the control the reward curves are read against
     )
@@ -51,8 +54,8 @@ class RLConfig:
             raise ValueError(f"loss must be 'sequence' or 'action', not {self.loss!r}")
         if self.latent_logp not in ("sum", "mean"):
             raise ValueError(f"latent_logp must be 'sum' or 'mean', not {self.latent_logp!r}")
-        if self.latent_weight < 0:
-            raise ValueError(f"latent_weight must be >= 0, got {self.latent_weight}")
+        if self.latent_weight < 0 or self.answer_weight < 0:
+            raise ValueError(f"latent_weight and answer_weight must be >= 0, got {self.latent_weight}, {self.answer_weight}")
 
     @property
     def rollouts(self) -> int:

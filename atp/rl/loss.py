@@ -35,17 +35,17 @@ def ppo_clip_loss(
     """PPO-clip over every action (latents, stop decisions, answer tokens); optional k3 KL to `ref`.
 
     `cfg.loss == "sequence"` (the paper): per trajectory, the masked mean of its latent and stop actions
-    (latents weighted by `cfg.latent_weight`) plus the masked mean of its answer tokens, summed over the
-    trajectories and divided by `rows` (default: this minibatch's). `"action"`: the weighted sum over every
-    action divided by `actions` (default: the actions counted in `masks`). With N processes `rows` /
-    `actions` are the global minibatch's, so that each process's loss, clip fraction and KL are its share
-    of the global values and summing them over processes gives what one process would compute.
+    (latents weighted by `cfg.latent_weight`) plus the masked mean of its answer tokens (weighted by
+    `cfg.answer_weight`), summed over the trajectories and divided by `rows` (default: this minibatch's).
+    `"action"`: the weighted sum over every action divided by `actions` (default: the actions counted in `masks`).
+    With N processes `rows` / `actions` are the global minibatch's, so that each process's loss, clip fraction
+    and KL are its share of the global values and summing them over processes gives what one process would compute.
 
     Returns (loss, stats, parts): `parts[key]` is action type `key`'s share of the loss (they sum to it),
     for the per-type gradient diagnostics.
     """
     R = advantages.shape[0]
-    weight = {"latent": cfg.latent_weight}
+    weight = {"latent": cfg.latent_weight, "answer": cfg.answer_weight}
     per_key, counts, clipped, kls, worst = {}, {}, 0.0, [], 0.0
     for key, new_logp in new.items():
         m = masks[key].float()
