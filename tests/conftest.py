@@ -67,6 +67,24 @@ def write_data_dir(folder: Path, splits: dict, tokenizer, names=("train", "val")
     return folder
 
 
+def stage_argv(job, method: str, data, out, *extra) -> list[str]:
+    """A training stage's arguments for a test job: its config, method, data, output and checkpoint folders, no MLflow."""
+    return [
+        "--config",
+        str(job),
+        "--method",
+        method,
+        "--data-dir",
+        str(data),
+        "--out-dir",
+        str(out),
+        "--checkpoint-dir",
+        str(out) + "_ckpt",
+        "--no-tracking",
+        *extra,
+    ]
+
+
 def snakemake_cmd(workdir, *args, extra_config: str | None = None, configs: list | None = None) -> list[str]:
     """The Snakemake command line in `workdir` for the test config (or `configs`, merged in order over
     config/config.yaml); `extra_config` (YAML text) is merged over them."""

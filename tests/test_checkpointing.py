@@ -163,7 +163,7 @@ def test_the_stages_train_the_same_with_the_switch(tiny_data, tmp_path):
 
     from atp import cli, config
     from atp.stages import latent_sft, rl, sft
-    from conftest import tiny_config, write_data_dir
+    from conftest import stage_argv, tiny_config, write_data_dir
 
     cfg, splits, tok = tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
@@ -193,21 +193,7 @@ def test_the_stages_train_the_same_with_the_switch(tiny_data, tmp_path):
         init = []
         for module, method in ((sft, "cot_sft"), (latent_sft, "atp"), (rl, "atp_rl")):
             out = tmp_path / f"{method}-{switch}"
-            argv = [
-                "--config",
-                str(job),
-                "--method",
-                method,
-                "--data-dir",
-                str(data),
-                "--out-dir",
-                str(out),
-                "--checkpoint-dir",
-                str(out) + "_ckpt",
-                "--no-tracking",
-                *init,
-            ]
-            cli.run(module.main, cli.training_parser(method), argv)
+            cli.run(module.main, cli.training_parser(method), stage_argv(job, method, data, out, *init))
             runs[method, switch] = out
             init = ["--init", str(out / "model")]
     for method in ("cot_sft", "atp", "atp_rl"):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, ROOT, tiny_config, write_data_dir
+from conftest import PYTHON, ROOT, stage_argv, tiny_config, write_data_dir
 
 pytestmark = pytest.mark.slow
 # The two runs sum the same per-token losses in a different order (per process, then all-reduced): float32
@@ -26,29 +26,17 @@ def run_stage(stage, job, data, out, processes, extra=()):
     launcher = (
         [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else [PYTHON]
     )
-    cmd = [
-        *launcher,
-        "-m",
-        f"atp.stages.{stage}",
-        "--config",
-        str(job),
-        "--method",
-        stage_method[stage],
-        "--data-dir",
-        str(data),
-        "--out-dir",
-        str(out),
-        "--checkpoint-dir",
-        str(out) + "_ckpt",
-        "--threads",
-        "1",
-        "--no-tracking",
-        *extra,
-    ]
+    launch([*launcher, "-m", f"atp.stages.{stage}", *stage_argv(job, stage_method[stage], data, out, "--threads", "1", *extra)])
+
+
+def launch(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    """Run a stage's command line on one thread per process; by default its failure fails the test with its stderr."""
     result = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    if check:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 stage_method = {"sft": "cot_sft", "latent_sft": "coconut", "rl": "atp_rl"}
@@ -244,30 +232,8 @@ fsdp_method = {"sft": "cot_sft", "latent_sft": "coconut", "rl": "atp_rl", "atp":
 def run_fsdp(stage, job, data, out, extra=(), method=None, script=None, check=True):
     """One stage on 2 processes through accelerate's FSDP launch (or 1 process with FSDP_LAUNCH=None)."""
     target = [str(script)] if script else ["-m", f"atp.stages.{stage}"]
-    cmd = [
-        *FSDP_LAUNCH,
-        *target,
-        "--config",
-        str(job),
-        "--method",
-        method or fsdp_method[stage],
-        "--data-dir",
-        str(data),
-        "--out-dir",
-        str(out),
-        "--checkpoint-dir",
-        str(out) + "_ckpt",
-        "--threads",
-        "1",
-        "--no-tracking",
-        *extra,
-    ]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    if check:
-        assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    argv = stage_argv(job, method or fsdp_method[stage], data, out, "--threads", "1", *extra)
+    return launch([*FSDP_LAUNCH, *target, *argv], check)
 
 
 def saved_weights(model_dir):

@@ -52,6 +52,20 @@ def setup(args, config: dict) -> StageSetup:
     )
 
 
+def stage_tracker(args, config: dict, s: StageSetup, stage: str):
+    """The MLflow run of a training job: one per method and seed under the pipeline's parent, main process only."""
+    from atp.tracking import Tracker
+
+    return Tracker(
+        config,
+        stage,
+        args.parent,
+        f"train-{args.method}-seed{args.seed}",
+        s.tags,
+        enabled=s.dist.is_main and not args.no_tracking,
+    )
+
+
 def starting_model(args, config: dict, tokenizer):
     """The model a training stage starts from: --init's model, or the base model; LoRA-wrapped if configured."""
     from atp import modeling

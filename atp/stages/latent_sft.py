@@ -27,8 +27,15 @@ def main(args, config: dict) -> None:
     from atp import modeling
     from atp.config import to_dataclass
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records, save_latent
-    from atp.stages.common import History, drop_checkpoints, setup, starting_model, validation_metrics, write_metrics
-    from atp.tracking import Tracker
+    from atp.stages.common import (
+        History,
+        drop_checkpoints,
+        setup,
+        stage_tracker,
+        starting_model,
+        validation_metrics,
+        write_metrics,
+    )
     from atp.train import train
 
     s = setup(args, config)
@@ -56,14 +63,7 @@ def main(args, config: dict) -> None:
     )
     objective = LatentObjective(latent_cfg, args.seed, s.tokenizer.eos_token_id, model.eot_id)
     started = time.time()
-    with Tracker(
-        config,
-        "latent_sft",
-        args.parent,
-        f"train-{args.method}-seed{args.seed}",
-        s.tags,
-        enabled=s.dist.is_main and not args.no_tracking,
-    ) as tracker:
+    with stage_tracker(args, config, s, "latent_sft") as tracker:
         tracker.log_metrics(
             {"data/train_problems": len(records), "data/dropped": dropped, "model/parameters": modeling.count_parameters(model)}
         )

@@ -53,8 +53,7 @@ def main(args, config: dict) -> None:
     from atp.config import ConfigError
     from atp.latent import save_latent
     from atp.rl import GRPOTask, check_world, reference_policy, rl_settings
-    from atp.stages.common import History, drop_checkpoints, setup, validation_metrics, write_metrics
-    from atp.tracking import Tracker
+    from atp.stages.common import History, drop_checkpoints, setup, stage_tracker, validation_metrics, write_metrics
     from atp.train import checkpoint_writer, optimizer_and_resume, run_loop
 
     s = setup(args, config)
@@ -84,9 +83,7 @@ def main(args, config: dict) -> None:
     )
     history = History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir)
     started = time.time()
-    with Tracker(
-        config, "rl", args.parent, f"train-{args.method}-seed{args.seed}", s.tags, enabled=s.dist.is_main and not args.no_tracking
-    ) as tracker:
+    with stage_tracker(args, config, s, "rl") as tracker:
         task = GRPOTask(
             model,
             optimizer,

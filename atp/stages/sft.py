@@ -41,8 +41,7 @@ def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
 def main(args, config: dict) -> None:
     from atp import modeling
     from atp.evaluate import greedy_generate, score
-    from atp.stages.common import History, drop_checkpoints, setup, starting_model, write_metrics
-    from atp.tracking import Tracker
+    from atp.stages.common import History, drop_checkpoints, setup, stage_tracker, starting_model, write_metrics
     from atp.train import TokenObjective, train
 
     s = setup(args, config)
@@ -62,14 +61,7 @@ def main(args, config: dict) -> None:
         s.train_cfg.batch_size,
     )
     started = time.time()
-    with Tracker(
-        config,
-        f"sft_{fmt}",
-        args.parent,
-        f"train-{args.method}-seed{args.seed}",
-        s.tags,
-        enabled=s.dist.is_main and not args.no_tracking,
-    ) as tracker:
+    with stage_tracker(args, config, s, f"sft_{fmt}") as tracker:
         tracker.log_metrics(
             {
                 "data/train_sequences": len(examples),
