@@ -27,7 +27,7 @@ from pathlib import Path
 METHODS = ("coconut", "simcot", "atp")
 CONTROLS = ("pause", "nocot")
 BASE_STEPS, BASE_STAGE_STEPS = 1200, 300
-DEFAULT_WIDTH = 96  # config/config.yaml's model: drawn solid and filled, other widths dotted and hollow
+DEFAULT_WIDTH = 128  # config/config.yaml's model: drawn solid and filled, other widths dotted and hollow
 # Sizes of a width's model: the default's proportions (4 layers, MLP 4x, heads of 24 dims).
 SIZES = {64: (4, 2, 256), 96: (4, 4, 384), 128: (4, 4, 512), 192: (4, 8, 768)}
 

@@ -41,12 +41,15 @@ def backbone_parameters(cfg: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_the_gpu_miniature_is_about_a_thousand_times_the_cpu_default_in_bf16():
+def test_the_gpu_miniature_is_about_a_thousand_times_the_cpu_miniature_at_width_96_in_bf16():
     """The header's numbers: tens of millions of parameters, ~1000x the compute of CoT-SFT and of the scaling study's
-    1x latent stage (the default's latent stage is its 4x: ~250x that)."""
+    1x latent stage at width 96, the unit it was sized against (the default's latent stage is its 4x: ~250x that;
+    the default's own backbone, width 128 since session 10, is 1.18M)."""
     from atp.config import method_rl, method_train
 
     default, gpu = configs()
+    assert round(backbone_parameters(default) / 1e4) == 118
+    default = {**default, "model": {**default["model"], "hidden_size": 96, "intermediate_size": 384}}
     n_cpu, n_gpu = backbone_parameters(default), backbone_parameters(gpu)
     assert 10e6 <= n_gpu < 100e6 and round(n_gpu / 1e4) == 3408 and round(n_cpu / 1e3) == 687
 
