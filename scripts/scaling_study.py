@@ -27,9 +27,18 @@ from pathlib import Path
 METHODS = ("coconut", "simcot", "atp")
 CONTROLS = ("pause", "nocot")
 BASE_STEPS, BASE_STAGE_STEPS = 1200, 300
-DEFAULT_WIDTH = 128  # config/config.yaml's model: drawn solid and filled, other widths dotted and hollow
-# Sizes of a width's model: the default's proportions (4 layers, MLP 4x, heads of 24 dims).
+ROOT = Path(__file__).resolve().parents[1]
+# Sizes of a width's model: the default's proportions (4 layers, MLP 4x, heads of 24 or 32 dims).
 SIZES = {64: (4, 2, 256), 96: (4, 4, 384), 128: (4, 4, 512), 192: (4, 8, 768)}
+
+
+def default_width() -> int:
+    """config/config.yaml's model width (over the schema's defaults): drawn solid and filled, other widths dotted
+    and hollow. Read from the config, so the plot follows the default when it moves."""
+    sys.path.insert(0, str(ROOT))
+    from atp import config
+
+    return config.load(ROOT / "config" / "config.yaml")["model"]["hidden_size"]
 
 
 def model_setting(width: int) -> dict:
@@ -113,6 +122,7 @@ def plot(args) -> None:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         lines.append(f"| {width} | {method} | {budget}x | {statistics.fmean(values):+.1f} +- {std:.1f} (n={len(values)}) |")
     (out / "scaling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    solid = default_width()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     markers, colors = dict(zip(METHODS, "osD")), dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green")))
     for width in sorted({k[0] for k in margins}):
@@ -128,9 +138,9 @@ def plot(args) -> None:
                 x,
                 y,
                 yerr=err,
-                fmt=markers[base] + ("--" if variant else "-" if width == DEFAULT_WIDTH else ":"),
+                fmt=markers[base] + ("--" if variant else "-" if width == solid else ":"),
                 color=colors[base],
-                markerfacecolor=colors[base] if width == DEFAULT_WIDTH else "white",
+                markerfacecolor=colors[base] if width == solid else "white",
                 capsize=3,
                 label=f"{method}, width {width}",
                 alpha=1.0 if variant else 0.6,
