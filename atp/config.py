@@ -155,24 +155,36 @@ def check(config: dict) -> None:
         raise ConfigError("config key 'model.num_heads': must divide model.hidden_size")
 
 
+def rl_root_ok(spec: dict) -> bool:
+    """What RL can start from: a latent_sft method with sampled latents, or a language-CoT sft method."""
+    from atp.variants import VARIANTS
+
+    if spec["stage"] == "sft":
+        return spec.get("format", "cot") == "cot"
+    return spec["stage"] == "latent_sft" and VARIANTS[spec["variant"]].stochastic
+
+
+def rl_root(config: dict, name: str) -> str:
+    """The method an rl method's chain of inits starts from (past other rl methods)."""
+    methods = config["methods"]
+    root = name
+    while methods[root]["stage"] == "rl" and methods[root].get("init") is not None:
+        root = methods[root]["init"]
+    return root
+
+
 def check_rl(config: dict, name: str) -> None:
     """An rl method's settings are consistent (and, in a pipeline config, it starts from a sampled-latent model).
 
     A job config carries no `init` (the model arrives as a path), so the start is checked
     only where `init` is given; `check_pipeline` insists on it.
     """
-    from atp.variants import VARIANTS
-
     methods = config["methods"]
-    root = methods[name].get("init")
-    while root is not None and methods[root]["stage"] == "rl":
-        root = methods[root].get("init")
-    if methods[name].get("init") is not None and (
-        methods[root]["stage"] != "latent_sft" or not VARIANTS[methods[root]["variant"]].stochastic
-    ):
+    root = rl_root(config, name)
+    if methods[name].get("init") is not None and not rl_root_ok(methods[root]):
         raise ConfigError(
             f"config key 'methods.{name}.init': an rl method starts from a latent_sft method with sampled latents "
-            "(variant atp or atp_no_stop)"
+            "(variant atp or atp_no_stop) or from a CoT sft method (token-level GRPO on written CoT)"
         )
     rl = method_rl(config, name)
     if (rl["questions"] * rl["group_size"]) % rl["minibatch_size"]:
@@ -187,7 +199,9 @@ def check_pipeline(config: dict) -> None:
     check(config)
     for name, method in config["methods"].items():
         if method["stage"] == "rl" and method.get("init") is None:
-            raise ConfigError(f"config key 'methods.{name}.init': an rl method starts from a trained ATP-Latent method; name it")
+            raise ConfigError(
+                f"config key 'methods.{name}.init': an rl method starts from a trained ATP-Latent or CoT-SFT method; name it"
+            )
     # Missing local files fail here, before any job starts (paths are relative to the working directory).
     for name, spec in split_specs(config).items():
         if spec["source"] == "file" and not Path(spec["path"]).exists():
@@ -401,6 +415,7 @@ class EvalConfig:
     samples: int
     max_answer_tokens: int
     bf16: bool = False
+    vote: int = 0  # latent models with sampled latents: chains per question for a majority vote (0 = off)
 
 
 if __name__ == "__main__":  # python -m atp.config config/config.yaml [overlay.yaml ...]: every key, defaults filled in

@@ -14,11 +14,19 @@ from atp.train import left_pad
 
 @torch.no_grad()
 def greedy_generate(
-    model, tokenizer, questions: list[str], max_new_tokens: int, batch_size: int, device, progress: bool = False
+    model,
+    tokenizer,
+    questions: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    device,
+    progress: bool = False,
+    temperature: float | None = None,
 ) -> list[tuple[str, int]]:
     """(decoded text before EOS, number of generated tokens before EOS) per question.
 
     Batches are formed from length-sorted prompts and left-padded; results come back in input order.
+    `temperature`: sample at that temperature (no top-k; seed torch's global generator first) instead of greedy.
     """
     from tqdm import tqdm
 
@@ -35,7 +43,7 @@ def greedy_generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **({"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature, "top_k": 0}),
             eos_token_id=eos,
             pad_token_id=pad,
         )
@@ -155,3 +163,38 @@ def score_latent(records: list[dict], generations: list[dict]) -> tuple[list[dic
     metrics["fidelity"] = sum(flat) / len(flat) if flat else None
     metrics["fidelity_by_step"] = {str(k): sum(v) / len(v) for k, v in sorted(by_index.items())}
     return predictions, metrics
+
+
+def pass_at_k(model, tokenizer, records: list[dict], k: int, seed: int, device, temperature: float = 1.0) -> dict[str, float]:
+    """Whether sampling gives RL anything to learn from: k samples per question (a latent model: latents drawn
+    from its own Gaussian, answers greedy; a language model: its CoT and answer sampled at `temperature`).
+
+    Returns `pass_at_1` (mean accuracy of the samples), `pass_at_<k>` (some sample right), `vote_at_<k>` (the most
+    frequent answer right; ties to the first drawn), `uniform_groups` (share of questions whose k samples are all right
+    or all wrong: GRPO gets no advantage from those) and `distinct_answers` per question.
+    """
+    from collections import Counter
+
+    questions = [r["question"] for r in records]
+    latent = hasattr(model, "cfg") and hasattr(model.cfg, "spec")
+    if latent and not model.cfg.spec.stochastic:
+        raise ValueError(f"pass@k needs sampled latents; variant {model.cfg.variant!r} is deterministic")
+    answers: list[list[str | None]] = [[] for _ in records]
+    for i in range(k):
+        if latent:
+            texts = [g["text"] for g in latent_generate(model, tokenizer, questions, "sample", seed + i, 250, 16, device)]
+        else:
+            torch.manual_seed(seed + i)
+            texts = [t for t, _ in greedy_generate(model, tokenizer, questions, 96, 250, device, temperature=temperature)]
+        for row, text in enumerate(texts):
+            answers[row].append(parse_answer(text))
+    right = [[a is not None and numbers_equal(a, r["answer"]) for a in row] for row, r in zip(answers, records)]
+    votes = [Counter(a for a in row if a is not None).most_common(1) for row in answers]
+    n = max(len(records), 1)
+    return {
+        "pass_at_1": sum(sum(r) / k for r in right) / n,
+        f"pass_at_{k}": sum(any(r) for r in right) / n,
+        f"vote_at_{k}": sum(bool(v) and numbers_equal(v[0][0], rec["answer"]) for v, rec in zip(votes, records)) / n,
+        "uniform_groups": sum(all(r) or not any(r) for r in right) / n,
+        "distinct_answers": sum(len(set(row)) for row in answers) / n,
+    }

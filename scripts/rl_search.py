@@ -1,14 +1,15 @@
-"""Run RL settings from one ATP-Latent (SFT) model side by side and collect their validation accuracy.
+"""Run RL settings from one starting model side by side and collect their validation accuracy.
 
     python scripts/rl_search.py --grid docs/search/rl-grid.jsonl --init results/default/train/atp/seed0/model \
         --data-dir results/default/data --root /tmp/rl_search --out docs/search/rl-results.jsonl --lanes 2
 
-Each grid line: {"name", "train": {...}, "rl": {...}}, overrides merged over the atp_rl
-method of config/config.yaml. Every point runs the pipeline's own RL stage
-(`python -m atp.stages.rl`, one thread, no MLflow) and is scored on the
+Each grid line: {"name", "train": {...}, "rl": {...}}, overrides merged over the `--method`
+of config/config.yaml (atp_rl from an ATP-Latent (SFT) model, cot_rl from a CoT-SFT model).
+Every point runs the pipeline's own RL stage (`python -m atp.stages.rl`, one thread, no MLflow) and is scored on the
 validation split only. A results line holds the point, its validation accuracy
-(mu and sampled latents), tokens, the mean rollout reward and accuracy of its
-first and last 25 RL steps, its gradient diagnostics, and (when the grid holds a
+(mu and sampled latents), tokens, its sampling headroom (pass@1, pass@k,
+vote@k, uniform groups), the mean rollout reward, accuracy and group diversity
+of its first and last 25 RL steps, its gradient diagnostics, and (when the grid holds a
 point with `"rl": {"frozen": true}` on the same schedule) its reward over the last
 quarter against that frozen policy, step by step, with a standard error.
 """
@@ -53,11 +54,19 @@ def summary(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     window = lambda rs, k: round(statistics.fmean(r[k] for r in rs), 4)  # noqa: E731
-    out = {k: metrics[k] for k in ("val/accuracy", "val/accuracy_sample", "val/tokens", "val/fidelity") if k in metrics}
+    # Validation: accuracy, tokens, fidelity, and the sampling headroom (pass@1, pass@k, vote@k, uniform groups).
+    headroom = ("val/pass_at_", "val/vote_at_", "val/uniform_groups", "val/distinct_answers")
+    out = {
+        k: metrics[k]
+        for k in sorted(metrics)
+        if k in ("val/accuracy", "val/accuracy_sample", "val/tokens", "val/fidelity") or k.startswith(headroom)
+    }
+    # The rollouts: reward, accuracy, and whether their groups differ (zero-advantage groups, distinct chains,
+    # answers and valid chains per group, the latent noise over |mu|).
+    rollout = ("rewards/total/mean", "rewards/coherence/mean", "rl/accuracy", "rl/latents", "rl/zero_advantage_groups")
+    rollout += ("rl/distinct_chains", "rl/distinct_answers", "rl/distinct_valid_chains", "rl/noise_over_mu")
     for part, rs in (("first25", rows[:25]), ("last25", rows[-25:])):
-        out.update(
-            {f"{part}/{k}": window(rs, k) for k in ("rewards/total/mean", "rewards/coherence/mean", "rl/accuracy", "rl/latents")}
-        )
+        out.update({f"{part}/{k}": window(rs, k) for k in rollout if all(k in r for r in rs)})
     quarter = rows[int(len(rows) * 0.75) :]
     out["last_quarter/rewards/total/mean"] = window(quarter, "rewards/total/mean")
     # Gradient diagnostics (every rl.diagnostics_every steps) and the first minibatch's clip fraction, averaged over the run.

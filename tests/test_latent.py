@@ -368,3 +368,21 @@ def test_the_paper_config_copies_the_backbone_and_the_default_keeps_the_small_de
         assert LatentConfig(**{**config.method_latent(paper, method), "variant": "atp"}).decoder_copies_backbone, method
     assert "copy_backbone" not in config.method_latent(default, "atp")["decoder"]  # the default run's job configs are unchanged
     assert not LatentConfig(**{**config.method_latent(default, "atp"), "variant": "atp"}).decoder_copies_backbone
+
+
+def test_the_majority_vote_over_sampled_chains_is_the_most_frequent_answer_of_the_first_k(tiny_data):
+    from atp.config import EvalConfig
+    from atp.stages.evaluate import evaluate_latent, majority_vote
+
+    cfg, splits, tok = tiny_data
+    seed_everything(0)
+    model = LatentReasoner(modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=2), tok).eval()
+    records = splits["val"][:6]
+    eval_cfg = EvalConfig(batch_size=8, max_new_tokens=8, limit=None, samples=2, max_answer_tokens=4, vote=3)
+    predictions, metrics = evaluate_latent(model, tok, records, eval_cfg, "cpu")
+    assert metrics["samples"] == 2 and metrics["vote"] == 3 and len(metrics["accuracy_runs"]) == 2
+    assert metrics["accuracy_vote"] == sum(p["correct_vote"] for p in predictions) / 6
+    # The vote is over sampled runs with seeds 0, 1, 2 (the first two are the reported sampled evaluations).
+    again = [evaluate_latent(model, tok, records, EvalConfig(8, 8, None, 1, 4), "cpu")]
+    assert again[0][0][0]["prediction"] == predictions[0]["prediction"]
+    assert majority_vote([["2", None], ["2.0", None], ["3", None]]) == ["2", None]

@@ -73,3 +73,26 @@ def test_rl_runs_are_read_against_the_frozen_control_of_their_seed_step_by_step(
     text = against_frozen_markdown({"rewards/total/mean": rows})
     assert "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 7-8 | " in text and "+0.2000 | 0.1000 | +2.00 |" in text
     assert "no RL run" in text.split("## total reward")[0]  # no rollout-accuracy rows were given
+    # With two frozen controls of one seed, each run is read against the control that started where it did.
+    controls = {("atp_rl_frozen", 0): control, ("cot_rl_frozen", 0): control}
+    starts = {("atp_rl", 0): "atp/seed0", ("atp_rl_frozen", 0): "atp/seed0", ("cot_rl", 0): "cot/seed0"}
+    starts[("cot_rl_frozen", 0)] = "cot/seed0"
+    rows = against_frozen({("atp_rl", 0): run, ("cot_rl", 0): run}, controls, starts=starts)
+    assert sorted((r["run"], r["control"]) for r in rows) == [
+        ("atp_rl (seed 0)", "atp_rl_frozen (seed 0)"),
+        ("cot_rl (seed 0)", "cot_rl_frozen (seed 0)"),
+    ]
+
+
+def test_the_headroom_table_reads_pass_at_k_and_averages_the_rollout_diversity():
+    from atp.stages.report import headroom_markdown, headroom_row
+
+    metrics = {"val/accuracy": 0.81, "val/pass_at_1": 0.8, "val/pass_at_8": 0.9, "val/vote_at_8": 0.82, "val/uniform_groups": 0.5}
+    history = [{"rl/zero_advantage_groups": 0.5, "rl/distinct_chains": 2.0}, {"rl/zero_advantage_groups": 1.0}]
+    row = headroom_row("cot_rl (seed 0)", metrics, history)
+    assert row["k"] == "8" and row["val/pass_at_k"] == 0.9 and row["val/vote_at_k"] == 0.82
+    assert row["rl/zero_advantage_groups"] == 0.75 and row["rl/distinct_chains"] == 2.0 and "rl/noise_over_mu" not in row
+    text = headroom_markdown([row, headroom_row("bare (seed 0)", {}, [])])
+    assert "| run | val greedy / mu | pass@1 | pass@8 | vote@8 |" in text and "latent noise / mu" not in text
+    assert "| cot_rl (seed 0) | 81.0 | 80.0 | 90.0 | 82.0 | 50.0 | 75.0 | 2.00 |" in text
+    assert "| bare (seed 0) | - | - | - | - | - | - | - |" in text

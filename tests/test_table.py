@@ -50,12 +50,32 @@ def test_margins_over_the_better_control_and_simcot_carry_a_standard_error_over_
         "pause": {"stage": "latent_sft", "variant": "pause", "label": "Pause"},
         "simcot": {"stage": "latent_sft", "variant": "simcot", "label": "SIM-CoT"},
         "atp_rl": {"stage": "rl", "init": "atp", "label": "ATP (RL)"},
+        "cot_sft": {"stage": "sft", "format": "cot", "label": "CoT-SFT"},
+        "cot_rl": {"stage": "rl", "init": "cot_sft", "label": "CoT + RL"},  # a language row: no latent margin
     }
     values = {"nocot_ft": (0.40, 0.40), "pause": (0.50, 0.52), "simcot": (0.54, 0.56), "atp_rl": (0.60, 0.64)}
+    values.update({"cot_sft": (0.70, 0.70), "cot_rl": (0.72, 0.74)})
     metrics = [metric(m, "test", v, seed=seed) for m, pair in values.items() for seed, v in enumerate(pair)]
     frame, _ = aggregate(metrics, methods)
     text = margins_markdown(frame, methods)
     assert "better control (Pause)" in text
     assert "| ATP (RL) | +11.0 ± 2.2 | +7.0 ± 2.2 |" in text and "| SIM-CoT | +4.0 ± 1.4 | - |" in text
+    assert "CoT + RL" not in text and list(frame["method"][:2]) == ["cot_sft", "cot_rl"]  # CoT + RL right after CoT-SFT
     one_seed = aggregate([m for m in metrics if m["seed"] == 0], methods)[0]
     assert "one seed: no standard error" in margins_markdown(one_seed, methods)
+
+
+def test_the_majority_vote_is_its_own_section_with_the_tokens_of_every_chain():
+    from atp.stages.table import markdown
+
+    methods = {"atp": {"stage": "latent_sft", "variant": "atp", "label": "ATP"}, "simcot": {"stage": "latent_sft"}}
+    metrics = [
+        {**metric("atp", "test", 0.5, runs=[0.5, 0.5]), "accuracy_vote": 0.6, "tokens_vote": 80.0, "vote": 8},
+        {**metric("atp", "easy", 0.7, runs=[0.7, 0.7]), "accuracy_vote": 0.8, "tokens_vote": 80.0, "vote": 8},
+        metric("simcot", "test", 0.5),
+        metric("simcot", "easy", 0.7),
+    ]
+    frame, suites = aggregate(metrics, methods)
+    text = markdown(frame, suites, "", methods)
+    section = text.split("## Majority vote")[1].split("Training job config hashes")[0]
+    assert "| ATP | 8 | 60.0 | 80.0 | 70.0 | 60.0 | 80.0 |" in section and "simcot" not in section

@@ -24,27 +24,33 @@ under the sampling weights; `replay` recomputes them, with gradient, under the
 current weights by feeding the same z and the same stop decisions through the
 same cached loop, so that before the first update the two agree.
 
-The package: `config` (RLConfig), `policy` (trajectories, rollout, replay), `loss` (advantages, PPO-clip,
-gradient diagnostics), `update` (the PPO updates, synchronised over processes), `grpo` (one RL step and the
-task atp.train.run_loop runs). The names below are the public ones.
+A language model can be the policy too (`tokens`: token-level GRPO on written CoT, the machinery's positive control):
+its actions are the tokens it writes, all in the "answer" term.
+
+The package: `config` (RLConfig), `policy` (trajectories, rollout, replay), `tokens` (the token policy),
+`loss` (advantages, PPO-clip, gradient diagnostics), `update` (the PPO updates, synchronised over processes),
+`grpo` (one RL step and the task atp.train.run_loop runs). The names below are the public ones.
 """
 
 from atp.rl.config import RLConfig
 from atp.rl.grpo import GRPOTask, check_world, freeze_decoder, grpo_step, reference_policy, rl_settings
 from atp.rl.loss import LATENT_ACTIONS, gradient_diagnostics, group_advantages, ppo_clip_loss
-from atp.rl.policy import Trajectories, gaussian_logp, replay, rollout
+from atp.rl.policy import Trajectories, gaussian_logp, is_token_policy, replay, rollout
+from atp.rl.tokens import TokenPolicy, token_replay, token_rollout
 from atp.rl.update import all_reduce_sum, ppo_update, sync_gradients
 
 __all__ = [
     "LATENT_ACTIONS",
     "GRPOTask",
     "RLConfig",
+    "TokenPolicy",
     "Trajectories",
     "all_reduce_sum",
     "check_world",
     "freeze_decoder",
     "gaussian_logp",
     "gradient_diagnostics",
+    "is_token_policy",
     "grpo_step",
     "group_advantages",
     "ppo_clip_loss",
@@ -54,4 +60,6 @@ __all__ = [
     "rl_settings",
     "rollout",
     "sync_gradients",
+    "token_replay",
+    "token_rollout",
 ]

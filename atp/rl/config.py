@@ -21,6 +21,7 @@ class RLConfig:
     # model learns to ignore its own noise (sampled and mu accuracy are equal), so T > 1 explores where it matters.
     latent_temperature: float = 1.0
     max_answer_tokens: int = 16
+    max_cot_tokens: int = 96  # a token policy's completion (its written CoT and answer), EOS included
     trajectories_every: int = 25  # RL steps between trajectory artifacts
     trajectories_logged: int = 16  # trajectories written each time
     # sequence: per-trajectory means of the latent and answer terms, summed (the paper) | action: one mean over all actions
@@ -33,6 +34,9 @@ class RLConfig:
     frozen: bool = (
         False  # roll out and score on the same schedule without updating: the control the reward curves are read against
     )
+    # Validation at the end: samples per question for pass@k, vote@k and the share of all-right-or-all-wrong groups
+    # (atp.evaluate.pass_at_k), what says whether sampling leaves RL anything to learn from; 0 = off.
+    pass_k: int = 8
     diagnostics_every: int = 10  # RL steps between gradient diagnostics (per-action-type norms, two-half cosine); 0 = off
     rewards: dict | None = None  # RewardConfig fields
 
@@ -41,6 +45,8 @@ class RLConfig:
             raise ValueError(
                 f"group_size must be at least 2 (a group-normalised advantage needs two rollouts), got {self.group_size}"
             )
+        if self.pass_k == 1 or self.pass_k < 0:
+            raise ValueError(f"pass_k must be 0 (off) or at least 2, got {self.pass_k}")
         if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1:
             raise ValueError("questions, minibatch_size and epochs must be at least 1")
         if (self.questions * self.group_size) % self.minibatch_size:

@@ -77,19 +77,27 @@ def grpo_step(
     dist=None,
     bf16: bool = False,
     diagnose: bool = False,
+    gold_steps: list[list[str]] | None = None,
 ) -> tuple[dict, list[dict]]:
     """One RL step: rollouts, rewards, group advantages, one pass of PPO-clip updates. Returns (metrics, trajectories).
+
+    `model` is a LatentReasoner (GRPO over latents) or an atp.rl.tokens.TokenPolicy (token GRPO on written CoT,
+    whose coherence reward reads the steps it wrote).
 
     `prompts` and `answers` are this process's rows (whole groups). With `dist` of N processes the update
     is synchronised (see ppo_update) and the metrics and trajectories are those of all processes'
     rows, in rank order (every process returns the same). `bf16`: autocast for rollouts and replays.
     `diagnose`: also measure the gradient per action type and its two-half cosine (gradient_diagnostics,
-    on this process's rows) before the update. With `rl_cfg.frozen` nothing is updated.
+    on this process's rows) before the update. With `rl_cfg.frozen` nothing is updated. `gold_steps` (the
+    rows' gold CoT) lets the metrics count the distinct *valid* chains of a group (atp.evaluate.step_fidelity).
     """
     import statistics
 
     from atp.rewards import correct, total
+    from atp.rl.policy import is_token_policy
+    from atp.text import extract_steps
 
+    token_policy = is_token_policy(model)
     world_size, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -103,12 +111,15 @@ def grpo_step(
         with torch.no_grad():
             traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg).items()}
         used = traj.latents_used.tolist()
-        steps = model.decode_steps([traj.feeds[b, :n].float().cpu() for b, n in enumerate(used)], tokenizer)
+        if not token_policy:
+            steps = model.decode_steps([traj.feeds[b, :n].float().cpu() for b, n in enumerate(used)], tokenizer)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in traj.answer_ids(model.eos_id)]
+    if token_policy:  # the coherence reward reads the steps the policy wrote
+        steps = [extract_steps(text) for text in completions]
     rewards = total(completions, answers if reward_cfg.needs_gold else None, steps, reward_cfg)
     accuracy = rewards["correct"] if reward_cfg.needs_gold else correct(completions, answers=answers)  # monitoring only here
     # Groups are whole on each process, so the advantages need nothing from the other processes.
-    advantages = group_advantages(torch.tensor(rewards["total"]), rl_cfg.group_size).to(traj.z.device)
+    advantages = group_advantages(torch.tensor(rewards["total"]), rl_cfg.group_size).to(traj.device)
     ref_logps = None
     if ref is not None and rl_cfg.kl_coef > 0:
         with torch.no_grad(), autocast:
@@ -136,6 +147,8 @@ def grpo_step(
                 "gold": answers[b],
                 **{f"reward_{k}": v[b] for k, v in rewards.items()},
                 "advantage": round(float(advantages[b]), 6),
+                **({} if gold_steps is None else {"valid_chain": valid_chain(steps[b], gold_steps[b])}),
+                **({} if traj.noise_ratio is None else {"noise_over_mu": round(float(traj.noise_ratio[b]), 6)}),
             }
             for b in range(R)
         ],
@@ -144,6 +157,36 @@ def grpo_step(
     metrics.update({f"rl/{k}": statistics.fmean(v) for k, v in stats.items() if v})
     metrics.update(diagnostics)
     return metrics, trajectories
+
+
+def valid_chain(steps: list[str], gold: list[str]) -> bool:
+    """A chain is valid when it has steps and each is true and yields an intermediate result of the gold CoT: one
+    of the problem's equivalent labels (another order of the same sub-results) or the label itself."""
+    from atp.evaluate import step_fidelity
+
+    return bool(steps) and all(step_fidelity(s, gold) for s in steps)
+
+
+def diversity_metrics(trajectories: list[dict], group_size: int) -> dict[str, float]:
+    """How much a step's groups differ inside (what GRPO can tell apart): distinct chains (decoded latent steps or
+    written steps), distinct answers and, where the gold CoT was given, distinct valid chains per group; the
+    latent noise's norm over the norm of mu, where the policy has latents."""
+    import statistics
+
+    from atp.text import parse_answer
+
+    groups = [trajectories[i : i + group_size] for i in range(0, len(trajectories), group_size)]
+    out = {
+        "rl/distinct_chains": statistics.fmean(len({tuple(t["latent_steps"]) for t in g}) for g in groups),
+        "rl/distinct_answers": statistics.fmean(len({parse_answer(t["completion"]) for t in g}) for g in groups),
+    }
+    if all("valid_chain" in t for t in trajectories):
+        out["rl/distinct_valid_chains"] = statistics.fmean(
+            len({tuple(t["latent_steps"]) for t in g if t["valid_chain"]}) for g in groups
+        )
+    if all("noise_over_mu" in t for t in trajectories):
+        out["rl/noise_over_mu"] = statistics.fmean(t["noise_over_mu"] for t in trajectories)
+    return out
 
 
 def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str, float], list[dict]]:
@@ -165,6 +208,7 @@ def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str
             "rl/latents": statistics.fmean(gathered["used"]),
             "rl/answer_tokens": statistics.fmean(gathered["answer_tokens"]),
             "rl/zero_advantage_groups": float((groups.std(-1) == 0).float().mean()),
+            **diversity_metrics(gathered["trajectories"], group_size),
         }
     )
     return metrics, gathered["trajectories"]
@@ -232,6 +276,7 @@ class GRPOTask:
             dist,
             self.train_cfg.bf16,
             diagnose=bool(cfg.diagnostics_every) and step % cfg.diagnostics_every == 0,
+            gold_steps=[self.records[i]["steps"] for i in mine],
         )
         metrics["rl/lr"] = self.optimizer.param_groups[0]["lr"]
         metrics["rl/step_seconds"] = time.time() - started

@@ -1,4 +1,8 @@
-"""Trajectories: sampling them from the latent policy (rollout) and scoring them again under its current weights (replay)."""
+"""Trajectories: sampling them from a policy (rollout) and scoring them again under its current weights (replay).
+
+The latent policy (a LatentReasoner) is the method's; a TokenPolicy (atp.rl.tokens: a language model whose actions
+are the tokens it writes) is the machinery's positive control. Both go through these two functions.
+"""
 
 from __future__ import annotations
 
@@ -15,20 +19,25 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class Trajectories:
-    """Sampled trajectories of R rows (one row per rollout) and their log-probabilities when sampled."""
+    """Sampled trajectories of R rows (one row per rollout) and their log-probabilities when sampled.
+
+    A token policy's trajectories have no latents: `state`, `z`, `feeds` and `stop_labels` are None and
+    `answer` is everything it wrote (CoT and answer).
+    """
 
     prompts: list[list[int]]
-    state: torch.Tensor  # (R, N) ACTIVE / MASKED slots, as the rollout left them
-    z: torch.Tensor  # (R, N, d) the latents drawn
-    feeds: torch.Tensor  # (R, N, d) the vectors fed back (for the step decoder)
     answer: torch.Tensor  # (R, T) answer tokens, EOS included, padded
     masks: dict[str, torch.Tensor]  # latent (R, N), stop (R, N), answer (R, T): which actions count
-    stop_labels: torch.Tensor  # (R, N) 1 where the row stopped
     old: dict[str, torch.Tensor]  # log-probabilities under the sampling weights, keyed like masks
+    state: torch.Tensor | None = None  # (R, N) ACTIVE / MASKED slots, as the rollout left them
+    z: torch.Tensor | None = None  # (R, N, d) the latents drawn
+    feeds: torch.Tensor | None = None  # (R, N, d) the vectors fed back (for the step decoder)
+    stop_labels: torch.Tensor | None = None  # (R, N) 1 where the row stopped
+    noise_ratio: torch.Tensor | None = None  # (R,) mean over the row's latents of |z - mu| / |mu| (a diagnostic)
 
     def rows(self, index: list[int]) -> Trajectories:
         idx = torch.tensor(index, dtype=torch.long)
-        pick = lambda t: t[idx.to(t.device)]  # noqa: E731
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
         return Trajectories(
             prompts=[self.prompts[i] for i in index],
             state=pick(self.state),
@@ -37,11 +46,18 @@ class Trajectories:
             answer=pick(self.answer),
             masks={k: pick(v) for k, v in self.masks.items()},
             stop_labels=pick(self.stop_labels),
+            noise_ratio=pick(self.noise_ratio),
             old={k: pick(v) for k, v in self.old.items()},
         )
 
     @property
+    def device(self) -> torch.device:
+        return self.answer.device
+
+    @property
     def latents_used(self) -> torch.Tensor:
+        if self.state is None:
+            return torch.zeros(len(self.prompts), dtype=torch.long)
         return (self.state == ACTIVE).sum(-1)
 
     def answer_ids(self, eos_id: int) -> list[list[int]]:
@@ -79,9 +95,20 @@ def _slot_logps(
     return logps, masks, stop_labels
 
 
+def is_token_policy(model) -> bool:
+    from atp.rl.tokens import TokenPolicy
+
+    return isinstance(model, TokenPolicy)
+
+
 @torch.no_grad()
-def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, generator: torch.Generator) -> Trajectories:
-    """Sample one trajectory per prompt: latents, stop decisions (by the stop head's distribution), answer tokens."""
+def rollout(model, prompts: list[list[int]], cfg: RLConfig, generator: torch.Generator) -> Trajectories:
+    """Sample one trajectory per prompt: latents, stop decisions (by the stop head's distribution), answer tokens
+    (a token policy: its written completion, atp.rl.tokens)."""
+    if is_token_policy(model):
+        from atp.rl.tokens import token_rollout
+
+        return token_rollout(model, prompts, cfg, generator)
     if not model.cfg.spec.stochastic:
         raise ValueError(f"RL needs sampled latents; variant {model.cfg.variant!r} has none (use atp or atp_no_stop)")
     device = next(model.parameters()).device
@@ -103,7 +130,10 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
     masks["answer"] = answer_mask
     logps["answer"] = answer_logp * answer_mask
+    reached = masks["latent"].float()
+    ratio = (run.z - run.mu).float().norm(dim=-1) / run.mu.float().norm(dim=-1).clamp(min=1e-12)
     return Trajectories(
+        noise_ratio=(ratio * reached).sum(-1) / reached.sum(-1).clamp(min=1.0),
         prompts=list(prompts),
         state=state,
         z=run.z,
@@ -115,11 +145,15 @@ def rollout(model: LatentReasoner, prompts: list[list[int]], cfg: RLConfig, gene
     )
 
 
-def replay(model: LatentReasoner, traj: Trajectories, cfg: RLConfig) -> dict[str, torch.Tensor]:
+def replay(model, traj: Trajectories, cfg: RLConfig) -> dict[str, torch.Tensor]:
     """Log-probabilities of `traj`'s actions under the model's current weights (with gradient).
 
     `cfg` must be the rollout's (temperatures, `latent_logp`), so that before an update they equal `traj.old`.
     """
+    if is_token_policy(model):
+        from atp.rl.tokens import token_replay
+
+        return token_replay(model, traj, cfg)
     device = traj.z.device
     prefix, prefix_mask = model.prefix(traj.prompts)
     run = model.run_prefix_and_slots(

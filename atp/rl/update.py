@@ -79,7 +79,7 @@ def ppo_update(
     from atp.modeling import checkpoint_in_eval
 
     autocast = autocast or contextlib.nullcontext()
-    device = traj.z.device
+    device = traj.device
     per_rank = cfg.minibatch_size // world_size
     R = len(traj.prompts)
     stats: dict[str, list[float]] = {

@@ -23,6 +23,7 @@ from atp import cli
 from atp.config import EvalConfig, to_dataclass
 from atp.data.records import read_jsonl, write_jsonl
 from atp.runtime import compute_init, read_json, seed_everything, write_json
+from atp.text import numbers_equal
 
 log = logging.getLogger("atp.evaluate")
 
@@ -53,7 +54,8 @@ def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig,
     mu_predictions, mu_metrics = run("mu", 0)
     if not model.cfg.spec.stochastic:
         return mu_predictions, {**mu_metrics, "accuracy_mu": mu_metrics["accuracy"], "accuracy_std": 0.0, "samples": 0}
-    runs = [run("sample", seed) for seed in range(eval_cfg.samples)]
+    chains = [run("sample", seed) for seed in range(max(eval_cfg.samples, eval_cfg.vote))]
+    runs = chains[: eval_cfg.samples]
     predictions, metrics = runs[0]
     for p, q in zip(predictions, mu_predictions):
         p["correct_mu"] = q["correct"]
@@ -65,7 +67,32 @@ def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig,
     metrics["accuracy_mu"] = mu_metrics["accuracy"]
     metrics["tokens_mu"] = mu_metrics["tokens"]
     metrics["samples"] = len(runs)
+    if eval_cfg.vote:
+        voted = majority_vote([[p["prediction"] for p in chain] for chain, _ in chains[: eval_cfg.vote]])
+        for p, answer, record in zip(predictions, voted, records):
+            p["vote"] = answer
+            p["correct_vote"] = answer is not None and numbers_equal(answer, record["answer"])
+        metrics["accuracy_vote"] = sum(p["correct_vote"] for p in predictions) / max(len(predictions), 1)
+        metrics["tokens_vote"] = eval_cfg.vote * statistics.fmean(m["tokens"] for _, m in chains[: eval_cfg.vote])
+        metrics["vote"] = eval_cfg.vote
     return predictions, metrics
+
+
+def majority_vote(chains: list[list[str | None]]) -> list[str | None]:
+    """Per question, the answer most of the chains gave (by value; ties to the earliest chain); None if none parsed.
+
+    >>> majority_vote([["3", "1", None], ["4", "1.0", None], ["4", "2", "5"]])
+    ['4', '1', '5']
+    """
+    from collections import Counter
+
+    from atp.text import canonical_number
+
+    out = []
+    for answers in zip(*chains):
+        counts = Counter(canonical_number(a) for a in answers if a is not None)
+        out.append(counts.most_common(1)[0][0] if counts else None)
+    return out
 
 
 def main(args, config: dict) -> None:

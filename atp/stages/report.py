@@ -115,6 +115,12 @@ def plot_rl_curves(
     plt.close(fig)
 
 
+def started_from(run_dir: Path) -> str | None:
+    """The model folder an RL run started from (its model's meta.json), None when it is not recorded."""
+    meta = run_dir / "model" / "meta.json"
+    return read_json(meta).get("init") if meta.exists() else None
+
+
 def run_label(method: str, seed: int) -> str:
     return f"{method} (seed {seed})"
 
@@ -124,20 +130,24 @@ def against_frozen(
     controls: dict[tuple[str, int], list[dict]],
     key: str = "rewards/total/mean",
     share: float = 0.25,
+    starts: dict[tuple[str, int], str] | None = None,
 ) -> list[dict]:
     """Each RL run's `key` against its frozen-policy control over the last `share` of its steps.
 
     Runs and controls are keyed by (method, seed); a run is paired with the control of its seed, which drew
-    the same questions at every step. The difference is taken step by step (the question mix cancels) and
-    its standard error is the per-step differences' standard deviation over sqrt(steps).
+    the same questions at every step, and, where `starts` names the model each started from, of its start
+    (RL from CoT-SFT is read against the frozen CoT-SFT policy, RL from ATP-Latent against the frozen ATP-Latent
+    one). The difference is taken step by step (the question mix cancels) and its standard error is the
+    per-step differences' standard deviation over sqrt(steps).
     """
     import math
     import statistics
 
+    starts = starts or {}
     out = []
     for (method, seed), rows in runs.items():
         for (control_method, control_seed), control in controls.items():
-            if control_seed != seed:
+            if control_seed != seed or starts.get((method, seed)) != starts.get((control_method, control_seed)):
                 continue
             mine, theirs = ({r["step"]: r[key] for r in h if key in r} for h in (rows, control))
             steps = sorted(set(mine) & set(theirs))
@@ -192,6 +202,69 @@ def against_frozen_markdown(rows_by_key: dict[str, list[dict]]) -> str:
         if not rows:
             lines.append("| (no RL run with a frozen control of its seed) | | | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+# Whether RL can act, per run: the sampling headroom of its policy on validation at the end (a frozen control's is its
+# start's) and how much its rollout groups differ, averaged over its steps.
+HEADROOM_KEYS = [
+    ("val/accuracy", "val greedy / mu"),
+    ("val/pass_at_1", "pass@1"),
+    ("val/pass_at_k", "pass@k"),
+    ("val/vote_at_k", "vote@k"),
+    ("val/uniform_groups", "val groups all right or all wrong"),
+    ("rl/zero_advantage_groups", "rollout groups with one reward"),
+    ("rl/distinct_chains", "distinct chains / group"),
+    ("rl/distinct_valid_chains", "distinct valid chains / group"),
+    ("rl/distinct_answers", "distinct answers / group"),
+    ("rl/noise_over_mu", "latent noise / mu"),
+]
+
+
+def headroom_row(label: str, metrics: dict, history: list[dict]) -> dict:
+    """One run's HEADROOM_KEYS: validation ones from its metrics.json (pass@k and vote@k whatever k), rollout ones
+    averaged over its history; absent where the run did not measure them."""
+    import re
+    import statistics
+
+    row = {"run": label}
+    for name, value in metrics.items():  # pass@k and vote@k with the k the run used (pass@1 is its own key)
+        match = re.fullmatch(r"val/(pass|vote)_at_(\d+)", name)
+        if match and name != "val/pass_at_1":
+            row[f"val/{match[1]}_at_k"], row["k"] = value, match[2]
+    for key, _ in HEADROOM_KEYS:
+        if key in metrics:
+            row[key] = metrics[key]
+        elif not key.startswith("val/"):
+            values = [h[key] for h in history if key in h]
+            if values:
+                row[key] = statistics.fmean(values)
+    return row
+
+
+def headroom_markdown(rows: list[dict]) -> str:
+    """The table of headroom_row's, a column per key that some run has."""
+    keys = [(k, title) for k, title in HEADROOM_KEYS if any(k in r for r in rows)]
+    if not rows or not keys:
+        return ""
+    k = next((r["k"] for r in rows if "k" in r), "k")
+    header = ["run"] + [title.replace("@k", f"@{k}") for _, title in keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["run"]]
+        for key, _ in keys:
+            value = r.get(key)
+            scale = 100 if key.startswith("val/") or key == "rl/zero_advantage_groups" else 1
+            cells.append("-" if value is None else f"{scale * value:.1f}" if scale == 100 else f"{value:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\n# Can RL act? Sampling headroom and group diversity\n\n"
+        "Validation at the end of each run (a frozen control's policy is its start's): greedy (mu latents) accuracy, "
+        "then k samples per question: pass@1, pass@k, the majority vote and the share of questions whose k samples "
+        "are all right or all wrong (GRPO learns nothing from those), in %. Then the run's rollouts, averaged over its "
+        "steps: the share of groups whose rewards are all equal, and per group the distinct chains (decoded latent "
+        "steps, or written steps), valid chains (every step true and an intermediate result of the gold CoT: the "
+        "equivalent orders) and answers; the latent noise's norm over mu's.\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def best_rl_run(run_dirs: list[Path]) -> tuple[Path, dict] | None:
@@ -260,6 +333,7 @@ def register(tracker, config: dict, run_dir: Path, metrics: dict) -> dict:
 def main(args, config: dict) -> None:
     import pandas as pd
 
+    from atp.latent import is_latent
     from atp.tracking import Tracker
 
     out_dir = Path(args.out_dir)
@@ -272,12 +346,19 @@ def main(args, config: dict) -> None:
     controls = {key_of(d): read_history(d / "history.jsonl") for d in map(Path, args.frozen_runs)}
     labelled = lambda runs: {run_label(*k): rows for k, rows in runs.items()}  # noqa: E731
     plot_rl_curves(labelled(histories), out_dir / "rl_curves.png", controls=labelled(controls))
-    paired = {key: against_frozen(histories, controls, key) for key, _ in FROZEN_KEYS}
-    (out_dir / "rl_vs_frozen.md").write_text(against_frozen_markdown(paired), encoding="utf-8")
+    starts = {key_of(d): started_from(d) for d in [*run_dirs, *map(Path, args.frozen_runs)]}
+    paired = {key: against_frozen(histories, controls, key, starts=starts) for key, _ in FROZEN_KEYS}
+    frozen_dirs = [Path(d) for d in args.frozen_runs]
+    headroom = [
+        headroom_row(run_label(*key_of(d)), read_json(d / "metrics.json"), read_history(d / "history.jsonl"))
+        for d in [*frozen_dirs, *run_dirs]
+        if (d / "metrics.json").exists()
+    ]
+    (out_dir / "rl_vs_frozen.md").write_text(against_frozen_markdown(paired) + headroom_markdown(headroom), encoding="utf-8")
     with Tracker(
         config, "report", args.parent, "report", {"rule": args.rule or "report"}, enabled=not args.no_tracking
     ) as tracker:
-        best = best_rl_run(run_dirs)
+        best = best_rl_run([d for d in run_dirs if is_latent(d / "model")])  # the registry holds latent policies
         entry = (
             register(tracker, config, *best) if best else {"registered": False, "reason": "no RL run with a validation accuracy"}
         )

@@ -1,4 +1,4 @@
-"""RL with the coherence reward: GRPO over latent trajectories (method.md section 6).
+"""RL with the coherence reward: GRPO over latent trajectories (method.md section 6), or over written CoT.
 
     python -m atp.stages.rl --config job.yaml --method atp_rl --seed 0 \
         --data-dir results/<exp>/data --out-dir results/<exp>/train/atp_rl/seed0 \
@@ -21,6 +21,11 @@ over processes, so it is the update one process would make on those rows. The
 metrics are over all processes' rows; process 0 alone writes files, checkpoints
 and MLflow. `rl.questions` and `rl.minibatch_size` must be multiples of N.
 
+From a language model (`init` a CoT-SFT method) the same step is token-level GRPO
+(atp.rl.tokens): the policy samples its CoT and answer at `rl.temperature`, every
+written token is an action, and the coherence reward reads the written steps. It is
+the RL machinery's positive control and the CoT + RL baseline.
+
 Writes <out-dir>/model/, <out-dir>/metrics.json, <out-dir>/history.jsonl (one line
 per RL step) and <out-dir>/trajectories/step_*.jsonl (sampled trajectories with
 their decoded latent steps, also MLflow artifacts).
@@ -38,33 +43,70 @@ log = logging.getLogger("atp.rl")
 
 
 def load_policy(init: str, lora_cfg: dict):
-    """The starting policy (an ATP-Latent model) with its step decoder frozen, LoRA on the backbone if configured."""
-    from atp.latent import load_latent
-    from atp.modeling import apply_lora
-    from atp.rl import freeze_decoder
+    """The starting policy, LoRA on the backbone if configured: an ATP-Latent model with its step decoder frozen,
+    or a language model (CoT-SFT) as a token policy (atp.rl.tokens, the machinery's positive control)."""
+    from atp.latent import is_latent, load_latent
+    from atp.modeling import apply_lora, load_model
+    from atp.rl import TokenPolicy, freeze_decoder
 
+    if not is_latent(init):
+        lm, tokenizer = load_model(init)
+        return TokenPolicy(apply_lora(lm, lora_cfg), tokenizer.eos_token_id, tokenizer.pad_token_id), tokenizer
     model, tokenizer = load_latent(init)
     model.backbone = apply_lora(model.backbone, lora_cfg)
     return freeze_decoder(model), tokenizer
+
+
+def language_validation(lm, tokenizer, data_dir, samples: int, device) -> dict:
+    """`val/accuracy` and `val/tokens` of a language model, greedy, as the SFT stage measures them."""
+    from pathlib import Path
+
+    from atp.evaluate import greedy_generate, score
+
+    val = read_jsonl(Path(data_dir) / "val.jsonl")[:samples]
+    _, metrics = score(val, greedy_generate(lm, tokenizer, [r["question"] for r in val], 96, 250, device))
+    log.info("val accuracy %.3f on %d problems", metrics["accuracy"], len(val))
+    return {"val/accuracy": metrics["accuracy"], "val/tokens": metrics["tokens"]}
+
+
+def sampling_headroom(model, tokenizer, data_dir, samples: int, rl_cfg, seed: int, device) -> dict:
+    """`val/pass_at_1`, `val/pass_at_<k>`, `val/vote_at_<k>`, `val/uniform_groups` and `val/distinct_answers` of the
+    policy's samples (atp.evaluate.pass_at_k, k = `rl.pass_k`): a frozen control's are its start's, so every RL run
+    says whether sampling left it anything to learn from. Written CoT is sampled at `rl.temperature`; latents from
+    the head's own Gaussian."""
+    from pathlib import Path
+
+    from atp.evaluate import pass_at_k
+    from atp.rl import TokenPolicy
+
+    val = read_jsonl(Path(data_dir) / "val.jsonl")[:samples]
+    token_policy = isinstance(model, TokenPolicy)
+    target = model.lm if token_policy else model
+    result = pass_at_k(target, tokenizer, val, rl_cfg.pass_k, seed, device, temperature=rl_cfg.temperature)
+    log.info("val sampling, %d per question: %s", rl_cfg.pass_k, ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    return {f"val/{k}": v for k, v in result.items()}
 
 
 def main(args, config: dict) -> None:
     from atp import modeling
     from atp.config import ConfigError
     from atp.latent import save_latent
-    from atp.rl import GRPOTask, check_world, reference_policy, rl_settings
+    from atp.rl import GRPOTask, TokenPolicy, check_world, reference_policy, rl_settings
     from atp.stages.common import History, drop_checkpoints, setup, stage_tracker, validation_metrics, write_metrics
     from atp.train import checkpoint_writer, optimizer_and_resume, run_loop
 
     s = setup(args, config)
     if not args.init:
-        raise ConfigError(f"config key 'methods.{args.method}.init': the rl stage starts from a trained ATP-Latent model")
+        raise ConfigError(
+            f"config key 'methods.{args.method}.init': the rl stage starts from a trained ATP-Latent or CoT-SFT model"
+        )
     rl_cfg, reward_cfg = rl_settings(config)
     check_world(rl_cfg, s.dist.world_size)
     model, tokenizer = load_policy(args.init, config["model"]["lora"])
     model.to(s.dist.device)
-    if s.train_cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()  # the replays recompute; rollouts (no gradient) do not
+    token_policy = isinstance(model, TokenPolicy)
+    if s.train_cfg.gradient_checkpointing:  # the replays recompute; rollouts (no gradient) do not
+        modeling.enable_gradient_checkpointing(model.lm) if token_policy else model.enable_gradient_checkpointing()
     ref = reference_policy(model) if rl_cfg.kl_coef > 0 else None
     records = read_jsonl(s.data_dir / "train.jsonl")
     prompts = [modeling.prompt_ids(tokenizer, r["question"]) for r in records]
@@ -107,9 +149,20 @@ def main(args, config: dict) -> None:
         final = run_loop(task, optimizer, s.train_cfg, args.seed, s.dist, s.ckpt_dir, start, tracker, history, save)
         final["train/seconds"] = time.time() - started
         if s.dist.is_main:  # every process holds the same weights; one writes
-            if s.train_cfg.val_samples:
-                final.update(validation_metrics(model, tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device))
-            save_latent(model, tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps, "init": str(args.init)})
+            meta = {**s.meta, "step": s.train_cfg.steps, "init": str(args.init)}
+            if s.train_cfg.val_samples and rl_cfg.pass_k:
+                samples = s.train_cfg.val_samples
+                final.update(sampling_headroom(model, tokenizer, s.data_dir, samples, rl_cfg, args.seed, s.dist.device))
+            if token_policy:
+                if s.train_cfg.val_samples:
+                    final.update(language_validation(model.lm, tokenizer, s.data_dir, s.train_cfg.val_samples, s.dist.device))
+                modeling.save_model(model.lm, tokenizer, s.out_dir / "model", meta)
+            else:
+                if s.train_cfg.val_samples:
+                    final.update(
+                        validation_metrics(model, tokenizer, s.data_dir, s.train_cfg.val_samples, args.seed, s.dist.device)
+                    )
+                save_latent(model, tokenizer, s.out_dir / "model", meta)
             write_metrics(final, s.out_dir, tracker, s.train_cfg.steps)
             tracker.log_artifact(s.out_dir / "history.jsonl")
     if s.dist.is_main:  # only once the outputs are written and MLflow has them

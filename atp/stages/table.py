@@ -21,12 +21,29 @@ log = logging.getLogger("atp.table")
 VARIANT_ORDER = ["pause", "coconut", "simcot", "atp", "atp_no_vae", "atp_no_stop"]
 
 
-def row_order(name: str, spec: dict) -> tuple:
-    """Language baselines, controls, latent methods by variant; RL methods right after ATP-Latent (SFT)."""
+def start_spec(spec: dict, methods: dict) -> dict:
+    """The spec of the method an rl method's chain of inits starts from (the spec itself for any other method)."""
+    seen = set()
+    while spec.get("stage") == "rl" and spec.get("init") in methods and spec["init"] not in seen:
+        seen.add(spec["init"])
+        spec = methods[spec["init"]]
+    return spec
+
+
+def is_latent_row(spec: dict, methods: dict) -> bool:
+    """A latent method, or RL from one (RL from CoT-SFT is a language row; RL whose start is not listed counts as latent)."""
+    return start_spec(spec, methods).get("stage") in ("latent_sft", "rl")
+
+
+def row_order(name: str, spec: dict, methods: dict | None = None) -> tuple:
+    """Language baselines (CoT + RL right after CoT-SFT), controls, latent methods by variant; RL from a latent
+    method right after ATP-Latent (SFT)."""
     stage = spec.get("stage", "sft")
     if stage == "sft":
         return (0, spec.get("format", "cot") != "cot", spec.get("init") is not None, name)
     if stage == "rl":
+        if start_spec(spec, methods or {}).get("stage") == "sft":
+            return (0, False, True, name)
         return (1, VARIANT_ORDER.index("atp"), 1, name)
     variant = spec.get("variant", "")
     return (1, VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), 0, name)
@@ -47,7 +64,7 @@ def aggregate(metrics: list[dict], methods: dict) -> object:
 
     suites = list(dict.fromkeys(m["suite"] for m in metrics))  # in the order the workflow lists them
     rows = []
-    for name in sorted(dict.fromkeys(m["method"] for m in metrics), key=lambda n: row_order(n, methods.get(n, {}))):
+    for name in sorted(dict.fromkeys(m["method"] for m in metrics), key=lambda n: row_order(n, methods.get(n, {}), methods)):
         spec = methods.get(name, {})
         mine = [m for m in metrics if m["method"] == name]
         if not mine:
@@ -70,6 +87,10 @@ def aggregate(metrics: list[dict], methods: dict) -> object:
             row[f"{suite}_tokens"] = statistics.fmean(tokens)
             latents = [m["latents"] for m in mine if m["suite"] == suite and "latents" in m]
             row[f"{suite}_latents"] = statistics.fmean(latents) if latents else None
+            for key in ("accuracy_vote", "tokens_vote"):  # majority vote over sampled latent chains (eval.vote)
+                values = [(100 if key == "accuracy_vote" else 1) * m[key] for m in mine if m["suite"] == suite and key in m]
+                if values:
+                    row[f"{suite}_{key}"] = statistics.fmean(values)
             for m in mine:
                 if m["suite"] == suite and m.get("fidelity_by_step"):
                     for step, value in m["fidelity_by_step"].items():
@@ -79,6 +100,12 @@ def aggregate(metrics: list[dict], methods: dict) -> object:
             statistics.stdev(per_seed_avg_acc) if len(per_seed_avg_acc) > 1 else sampled_average_std(mine, suites)
         )
         row["avg_tokens"] = statistics.fmean(per_seed_avg_tok)
+        for key in ("accuracy_vote", "tokens_vote", "vote"):
+            values = [m[key] for m in mine if key in m]
+            if key != "vote" and len(values) == len(mine):  # every suite and seed voted
+                row[f"avg_{key}"] = statistics.fmean(row[f"{s}_{key}"] for s in suites)
+            elif key == "vote" and values:
+                row["vote"] = max(values)
         rows.append({k: statistics.fmean(v) if isinstance(v, list) else v for k, v in row.items()})
     return pd.DataFrame(rows).round(4), suites
 
@@ -108,6 +135,7 @@ def markdown(frame, suites: list[str], provenance: str, methods: dict | None = N
         + "\n"
         + note
         + margins_markdown(frame, methods or {})
+        + vote_markdown(frame, suites)
         + fidelity_markdown(frame, suites)
         + provenance
     )
@@ -127,9 +155,7 @@ def margins_markdown(frame, methods: dict) -> str:
 
     rows = {row["method"]: row for _, row in frame.iterrows()}
     controls = [rows[m] for m in rows if is_control(methods.get(m, {}))]
-    latent = [
-        rows[m] for m in rows if methods.get(m, {}).get("stage") in ("latent_sft", "rl") and not is_control(methods.get(m, {}))
-    ]
+    latent = [rows[m] for m in rows if is_latent_row(methods.get(m, {}), methods) and not is_control(methods.get(m, {}))]
     if not controls or not latent:
         return ""
     better = max(controls, key=lambda r: r["avg_acc"])
@@ -152,6 +178,26 @@ def margins_markdown(frame, methods: dict) -> str:
     return (
         f"\n## Margins on the average accuracy (points)\n\nAgainst the better control ({better['label']}) and SIM-CoT; "
         "± is the standard error of the difference over training seeds.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def vote_markdown(frame, suites: list[str]) -> str:
+    """Majority vote over k sampled latent chains (eval.vote) beside the sampled accuracy: test-time scaling that
+    a deterministic latent method cannot do, at k times the tokens."""
+    if "avg_accuracy_vote" not in frame.columns:
+        return ""
+    rows = [row for _, row in frame.iterrows() if row.get("avg_accuracy_vote") == row.get("avg_accuracy_vote")]  # not NaN
+    if not rows:
+        return ""
+    header = ["Method", "k"] + [f"{s} vote (%)" for s in suites] + ["avg vote (%)", "avg sampled (%)", "avg #tok of the vote"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["label"], f"{int(row['vote'])}"] + [f"{row[f'{s}_accuracy_vote']:.1f}" for s in suites]
+        cells += [f"{row['avg_accuracy_vote']:.1f}", f"{row['avg_acc']:.1f}", f"{row['avg_tokens_vote']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return (
+        "\n## Majority vote over sampled latent chains\n\nEach question's answer is the one most of k chains, sampled from "
+        "the latent policy, gave; #tok counts all k chains.\n\n" + "\n".join(lines) + "\n"
     )
 
 

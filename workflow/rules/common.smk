@@ -76,7 +76,8 @@ def frozen_runs(wildcards):
 def rl_run_files(wildcards):
     """What the report reads of the RL runs: history, metrics and the model of each."""
     runs = [f"{run}/{name}" for run in rl_runs(wildcards) for name in ("history.jsonl", "metrics.json", "model")]
-    return runs + [f"{run}/history.jsonl" for run in frozen_runs(wildcards)]
+    frozen = [f"{run}/{name}" for run in frozen_runs(wildcards) for name in ("history.jsonl", "metrics.json", "model")]
+    return runs + frozen
 
 
 def job_config_json(wildcards):
