@@ -386,3 +386,65 @@ def test_the_majority_vote_over_sampled_chains_is_the_most_frequent_answer_of_th
     again = [evaluate_latent(model, tok, records, EvalConfig(8, 8, None, 1, 4), "cpu")]
     assert again[0][0][0]["prediction"] == predictions[0]["prediction"]
     assert majority_vote([["2", None], ["2.0", None], ["3", None]]) == ["2", None]
+
+
+# ---------------------------------------------------------------- the choice variable and the posterior
+
+
+@pytest.mark.parametrize("posterior", [False, True])
+def test_a_choice_variable_trains_and_round_trips_and_rl_scores_it_over_k_dimensions(tiny_data, posterior, tmp_path):
+    from atp.latent.objective import make_batch
+    from atp.rl import RLConfig, replay, rollout
+
+    model, records, tok = make(tiny_data, "atp", c=1, max_steps=3, stage_steps=1, choice=3, posterior=posterior)
+    cfg = to_dataclass(TrainConfig, {**tiny_data[0]["train"], "steps": 4, "log_every": 1, "checkpoint_every": 100}, "train")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    recorder = Recorder()
+    objective = LatentObjective(model.cfg, 0, tok.eos_token_id, model.eot_id)
+    train(model, records, cfg, CPU, 0, tmp_path / "ckpt", objective, recorder, {}, lengths=[len(r.prompt) for r in records])
+    assert all(math.isfinite(m["train/loss"]) for _, m in recorder.logged if "train/loss" in m)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"choice_mu.weight", "choice_proj.weight"} <= changed and ("posterior.0.weight" in changed) == posterior
+    # In SFT a posterior draws c (and records q); at inference the prior does.
+    batch = make_batch(model, records[:4], [3] * 4, "cpu")
+    from atp.latent.objective import step_conditions
+
+    trained = model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, condition=step_conditions(model, batch))
+    assert trained.z.shape[-1] == 3 and trained.vector.shape[-1] == model.core.config.hidden_size
+    assert (trained.q_mu is not None) == posterior
+    save_latent(model, tok, tmp_path / "model", {})
+    loaded, _ = load_latent(tmp_path / "model")
+    prompts = [r.prompt for r in records[:4]]
+    assert [x["answer_ids"] for x in model.generate(prompts, mode="mu")] == [
+        x["answer_ids"] for x in loaded.generate(prompts, mode="mu")
+    ]
+    # RL's latent action is c: its log-density has k dimensions, and replay reproduces the rollout's.
+    rl_cfg = RLConfig(questions=2, group_size=2, minibatch_size=4, max_answer_tokens=4)
+    traj = rollout(model.eval(), prompts, rl_cfg, torch.Generator().manual_seed(0))
+    assert traj.z.shape[-1] == 3 and torch.isfinite(traj.noise_ratio).all()
+    new = replay(model, traj, rl_cfg)
+    m = traj.masks["latent"]
+    assert torch.allclose(new["latent"][m], traj.old["latent"][m], atol=1e-4)
+
+
+def test_the_posterior_kl_and_the_step_conditions_by_hand(tiny_data):
+    from types import SimpleNamespace
+
+    from atp.latent.objective import kl_terms, make_batch, step_conditions
+
+    mu, logvar = torch.tensor([[[0.0, 1.0]]]), torch.tensor([[[0.0, math.log(4.0)]]])
+    q_mu, q_logvar = torch.tensor([[[1.0, 1.0]]]), torch.tensor([[[0.0, 0.0]]])
+    # KL(N(1, 1) || N(0, 1)) = 0.5; KL(N(1, 1) || N(1, 4)) = 0.5 * (log 4 + 1/4 - 1); averaged over the 2 dimensions.
+    expected = (0.5 + 0.5 * (math.log(4.0) + 0.25 - 1.0)) / 2
+    assert kl_terms(SimpleNamespace(mu=mu, logvar=logvar, q_mu=q_mu, q_logvar=q_logvar)).item() == pytest.approx(expected)
+    assert kl_terms(SimpleNamespace(mu=q_mu, logvar=q_logvar, q_mu=None, q_logvar=None)).item() == pytest.approx(
+        0.5
+    )  # N((1,1), I)
+    model, records, _ = make(tiny_data, "atp", c=2, max_steps=3, choice=2, posterior=True)
+    batch = make_batch(model, records[:2], [3, 3], "cpu")
+    conditions = step_conditions(model, batch)
+    embedding = model.backbone.get_input_embeddings().weight
+    target = batch.layouts[0].decoder_targets[1]  # the second latent step: slots 2 and 3
+    assert torch.allclose(conditions[0, 2], embedding[target].mean(0)) and torch.equal(conditions[0, 2], conditions[0, 3])
+    with pytest.raises(ValueError, match="posterior"):
+        LatentConfig(variant="simcot", choice=2, posterior=True)

@@ -31,6 +31,14 @@ class LatentConfig:
     # mlp: mu = the latent head of h (the paper's); residual: mu = h + the head's correction, which starts at 0,
     # so that the Gaussian is centred on the hidden state Coconut and SIM-CoT feed back
     head: str = "mlp"
+    # The latent's randomness. 0 (the paper's): z ~ N(mu, sigma^2) over all d dimensions. k > 0: a choice variable
+    # c ~ N(mu_c, sigma_c^2) of k dimensions, and the latent z = m(h) + W c (m the head's mean, W learned): the policy
+    # explores in k directions, so that RL's score function has k dimensions of noise instead of d.
+    choice: int = 0
+    # With a choice variable: a true conditional VAE. In SFT a posterior that also sees the slot's target step (the
+    # mean embedding of the chosen label's step text) draws c, and the KL is between it and the latent head's prior;
+    # at inference and in RL c comes from the prior, which so picks a plan.
+    posterior: bool = False
     # The step decoder: a small Llama of these sizes, or, with `copy_backbone: true`, a copy of the backbone (the paper's).
     decoder: dict = field(default_factory=lambda: {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128})
     stage_steps: int = 300  # optimizer steps per curriculum stage before the last (the last gets the rest)
@@ -46,6 +54,10 @@ class LatentConfig:
             raise ValueError(f"latent.rescale must be 'none' or 'embedding_norm', not {self.rescale!r}")
         if self.head not in ("mlp", "residual"):
             raise ValueError(f"latent.head must be 'mlp' or 'residual', not {self.head!r}")
+        if self.choice < 0:
+            raise ValueError(f"latent.choice must be >= 0, got {self.choice}")
+        if self.posterior and not (self.choice and self.spec.feed in ("sample", "mu") and self.spec.kl):
+            raise ValueError("latent.posterior needs latent.choice > 0 and a variant with sampled latents and a KL (atp)")
 
     @property
     def spec(self) -> Variant:

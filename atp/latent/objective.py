@@ -72,10 +72,35 @@ def decoder_loss_sum(model: LatentReasoner, feeds: torch.Tensor, targets: list[l
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum")
 
 
+def step_conditions(model: LatentReasoner, batch: LatentBatch) -> torch.Tensor:
+    """(B, N, d) each slot's target step for the posterior of a choice variable: the mean input embedding of its
+    latent step's decoder target (the chosen label's step text and EOS; EOS alone for a surplus step), detached so
+    that the posterior does not move the token embeddings; zeros where a row has no slot."""
+    c = model.cfg.c
+    B, N = batch.state.shape
+    embedding = model.backbone.get_input_embeddings().weight.detach()
+    out = embedding.new_zeros((B, N, embedding.shape[1]))
+    for b, lay in enumerate(batch.layouts):
+        for i, target in enumerate(lay.decoder_targets):
+            out[b, i * c : (i + 1) * c] = embedding[torch.tensor(target, device=embedding.device)].mean(0)
+    return out
+
+
+def kl_terms(run) -> torch.Tensor:
+    """(B, n) KL per slot, averaged over the Gaussian's dimensions: KL(q || prior) where a posterior drew the
+    latent (latent.posterior), else KL(N(mu, sigma^2) || N(0, I)) (the paper's)."""
+    mu, logvar = run.mu, run.logvar
+    if run.q_mu is not None:
+        q_mu, q_logvar = run.q_mu, run.q_logvar
+        return 0.5 * (logvar - q_logvar + (q_logvar.exp() + (q_mu - mu).pow(2)) * torch.exp(-logvar) - 1.0).mean(-1)
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(-1)
+
+
 def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tensor]:
     """Sums of each loss term over a micro-batch (the objective divides them by batch totals)."""
     spec, c = model.cfg.spec, model.cfg.c
-    run = model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state)
+    condition = step_conditions(model, batch) if model.cfg.posterior else None
+    run = model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, condition=condition)
     logits = model.run_suffix(run, batch.suffix, batch.suffix_mask)[:, :-1]
     sums = {
         "ce": F.cross_entropy(
@@ -84,9 +109,7 @@ def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tens
     }
     present = batch.state != ABSENT  # (B, N): the row's own slots, real or surplus
     if spec.kl and run.mu is not None:
-        mu, logvar = run.mu, run.logvar
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(-1)
-        sums["kl"] = (kl * present).sum()
+        sums["kl"] = (kl_terms(run) * present).sum()
     if spec.decoder:
         feeds = run.feed  # (B, N, d)
         rows, targets = [], []

@@ -31,6 +31,9 @@ class SlotRun:
     mu: torch.Tensor | None = None
     logvar: torch.Tensor | None = None
     stop_logits: torch.Tensor | None = None  # (B, n, 2) (variants with a stop head)
+    vector: torch.Tensor | None = None  # (B, n, d) the latent before feed_scale (z itself without a choice variable)
+    q_mu: torch.Tensor | None = None  # (B, n, k) the posterior of the choice variable (latent.posterior, in SFT)
+    q_logvar: torch.Tensor | None = None
 
     @property
     def slots_run(self) -> int:
@@ -96,7 +99,15 @@ class LatentReasoner(nn.Module):
         if spec.feed in ("sample", "mu"):
             self.latent_trunk = nn.Sequential(*_mlp(d, h, h), nn.LayerNorm(h))
             self.mu_head = nn.Linear(h, d)
-            self.logvar_head = nn.Linear(h, d)
+            k = cfg.choice
+            if k:  # the choice variable's prior, and W mapping it into the latent
+                self.choice_mu = nn.Linear(h, k)
+                self.choice_logvar = nn.Linear(h, k)
+                self.choice_proj = nn.Linear(k, d, bias=False)
+                if cfg.posterior:  # q(c | trunk(h), the slot's target step)
+                    self.posterior = nn.Sequential(*_mlp(h + d, h, 2 * k))
+            else:
+                self.logvar_head = nn.Linear(h, d)
             if cfg.head == "residual":  # mu starts as h itself: the correction is 0
                 nn.init.zeros_(self.mu_head.weight)
                 nn.init.zeros_(self.mu_head.bias)
@@ -160,6 +171,7 @@ class LatentReasoner(nn.Module):
         generator: torch.Generator | None = None,
         z: torch.Tensor | None = None,
         temperature: float = 1.0,
+        condition: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The latent of the slot after hidden state `h` (B, d): z, what is fed, and mu/logvar where they exist.
 
@@ -169,6 +181,11 @@ class LatentReasoner(nn.Module):
         variants) replaces the draw: RL replays a rollout's latents under the current weights.
         `temperature` scales the Gaussian's standard deviation (logvar + 2 log T, so the returned
         logvar is the distribution z is drawn from): RL's latent exploration (`rl.latent_temperature`).
+
+        With a choice variable (`latent.choice` = k) the Gaussian is over c (k dims): `z`, `mu` and `logvar`
+        are c's, and `vector` = m(h) + W c is what is fed (scaled) and what the stop head reads. A
+        `condition` (B, d), the slot's target step in SFT, draws c from the posterior instead (`latent.posterior`;
+        also returned: `q_mu`, `q_logvar`).
         """
         forced = z
         spec = self.cfg.spec
@@ -179,6 +196,8 @@ class LatentReasoner(nn.Module):
             z = self.pause.expand(h.shape[0], -1)
         else:
             a = self.latent_trunk(h)
+            if self.cfg.choice:
+                return self._choice_latent(h, a, norm, mode, generator, forced, temperature, condition)
             mu, logvar = self.mu_head(a), self.logvar_head(a).clamp(-12.0, 6.0)
             if self.cfg.head == "residual":
                 mu = h + mu
@@ -193,8 +212,43 @@ class LatentReasoner(nn.Module):
             else:
                 z = mu
         out["z"] = z
+        out["vector"] = z
         out["feed"] = self.feed_scale(z, norm)
         return out
+
+    def _choice_latent(self, h, a, norm, mode, generator, forced, temperature, condition) -> dict[str, torch.Tensor]:
+        """`latent` with a choice variable c: prior N(mu_c, sigma_c^2) from the head, posterior from `condition`."""
+        mean = self.mu_head(a)
+        if self.cfg.head == "residual":
+            mean = h + mean
+        mu, logvar = self.choice_mu(a), self.choice_logvar(a).clamp(-12.0, 6.0)
+        if temperature != 1.0:
+            logvar = logvar + 2.0 * math.log(temperature)
+        out = {"mu": mu, "logvar": logvar}
+        draw_mu, draw_logvar = mu, logvar
+        if condition is not None and self.cfg.posterior:
+            q_mu, q_logvar = self.posterior(torch.cat([a, condition.to(a.dtype)], dim=-1)).chunk(2, dim=-1)
+            q_logvar = q_logvar.clamp(-12.0, 6.0)
+            out.update(q_mu=q_mu, q_logvar=q_logvar)
+            draw_mu, draw_logvar = q_mu, q_logvar
+        if forced is not None and self.cfg.spec.feed == "sample":
+            c = forced
+        elif self.cfg.spec.feed == "sample" and mode != "mu":
+            eps = torch.randn(draw_mu.shape, generator=generator, device=draw_mu.device, dtype=draw_mu.dtype)
+            c = draw_mu + torch.exp(0.5 * draw_logvar) * eps
+        else:
+            c = draw_mu
+        vector = mean + self.choice_proj(c)
+        out.update(z=c, vector=vector, feed=self.feed_scale(vector, norm))
+        return out
+
+    def noise_over_mean(self, run: SlotRun) -> torch.Tensor:
+        """(B, n) per slot, the norm of the latent's noise over the norm of the latent at its mean: |z - mu| / |mu|,
+        or with a choice variable |W (c - mu_c)| / |m + W mu_c|."""
+        noise = run.z - run.mu
+        if self.cfg.choice:
+            noise = self.choice_proj(noise)
+        return noise.float().norm(dim=-1) / (run.vector - noise).float().norm(dim=-1).clamp(min=1e-12)
 
     # ------------------------------------------------------------ gradient checkpointing
 
@@ -246,6 +300,7 @@ class LatentReasoner(nn.Module):
         stop_rule: str | None = None,
         forced_z: torch.Tensor | None = None,
         latent_temperature: float = 1.0,
+        condition: torch.Tensor | None = None,
     ) -> SlotRun:
         """Run `prefix` (left-padded, ending in <bot>) and then the slots one by one.
 
@@ -253,7 +308,8 @@ class LatentReasoner(nn.Module):
         (`argmax` or `sample`) the stop head decides instead, at step boundaries, and
         everything from a stop on is MASKED. `forced_z` (B, N, d) replays given latents
         instead of drawing them (RL); `latent_temperature` scales the sampled latents' standard
-        deviation (RL's exploration; see `latent`). Each pass reads the earlier ones through the KV cache
+        deviation (RL's exploration; see `latent`). `condition` (B, N, d): each slot's target step, for the
+        posterior of a choice variable in SFT (`latent.posterior`). Each pass reads the earlier ones through the KV cache
         (atp.latent.reference recomputes the whole sequence instead: what the tests compare with).
         """
         spec, c = self.cfg.spec, self.cfg.c
@@ -270,7 +326,8 @@ class LatentReasoner(nn.Module):
         state = slot_state.clone()
         stopped = torch.zeros(B, dtype=torch.bool, device=prefix.device)
         norm = self.embedding_norm()
-        records: dict[str, list[torch.Tensor]] = {"feed": [], "z": [], "mu": [], "logvar": [], "stop_logits": []}
+        keys = ("feed", "z", "mu", "logvar", "vector", "q_mu", "q_logvar")
+        records: dict[str, list[torch.Tensor]] = {key: [] for key in (*keys, "stop_logits")}
         boundary = step_boundaries(N, c).tolist()
         if spec.feed == "pause":  # no feedback (and no stop head): every slot at once
             active = (state == ACTIVE).long()
@@ -280,9 +337,17 @@ class LatentReasoner(nn.Module):
             core(inputs_embeds=feeds, attention_mask=mask, position_ids=slot_pos, past_key_values=cache, use_cache=True)
             return SlotRun(next_pass(cache), mask, next_pos + active.sum(-1), state, feeds)
         for j in range(N):
-            lat = self.latent(h, norm, mode, generator, None if forced_z is None else forced_z[:, j], latent_temperature)
+            lat = self.latent(
+                h,
+                norm,
+                mode,
+                generator,
+                None if forced_z is None else forced_z[:, j],
+                latent_temperature,
+                None if condition is None else condition[:, j],
+            )
             if spec.stop:
-                logits = self.stop_head(lat["z"])
+                logits = self.stop_head(lat["vector"])
                 records["stop_logits"].append(logits)
                 if stop_rule is not None and boundary[j]:
                     if stop_rule == "argmax":
@@ -292,7 +357,7 @@ class LatentReasoner(nn.Module):
                     stopped = stopped | decision
             if stop_rule is not None:
                 state[:, j] = torch.where(stopped, torch.full_like(state[:, j], MASKED), state[:, j])
-            for key in ("feed", "z", "mu", "logvar"):
+            for key in keys:
                 if key in lat:
                     records[key].append(lat[key])
             active = (state[:, j] == ACTIVE).long()

@@ -33,7 +33,7 @@ class Trajectories:
     z: torch.Tensor | None = None  # (R, N, d) the latents drawn
     feeds: torch.Tensor | None = None  # (R, N, d) the vectors fed back (for the step decoder)
     stop_labels: torch.Tensor | None = None  # (R, N) 1 where the row stopped
-    noise_ratio: torch.Tensor | None = None  # (R,) mean over the row's latents of |z - mu| / |mu| (a diagnostic)
+    noise_ratio: torch.Tensor | None = None  # (R,) mean over the row's latents of the noise over the mean (a diagnostic)
 
     def rows(self, index: list[int]) -> Trajectories:
         idx = torch.tensor(index, dtype=torch.long)
@@ -131,7 +131,7 @@ def rollout(model, prompts: list[list[int]], cfg: RLConfig, generator: torch.Gen
     masks["answer"] = answer_mask
     logps["answer"] = answer_logp * answer_mask
     reached = masks["latent"].float()
-    ratio = (run.z - run.mu).float().norm(dim=-1) / run.mu.float().norm(dim=-1).clamp(min=1e-12)
+    ratio = model.noise_over_mean(run)
     return Trajectories(
         noise_ratio=(ratio * reached).sum(-1) / reached.sum(-1).clamp(min=1.0),
         prompts=list(prompts),
