@@ -38,10 +38,10 @@ def test_one_seed_reports_the_spread_of_the_sampled_evaluations():
 
 
 def test_margins_over_the_better_control_and_simcot_carry_a_standard_error_over_seeds():
-    """Two seeds, one suite: pause 50/52, No-CoT FT 40/40, SIM-CoT 54/56, ATP-Latent (RL) 60/64.
+    """Two seeds, one suite: pause 50/52, No-CoT FT 40/40, SIM-CoT 54/56, ATP-Latent (RL) 60/64, paired by seed.
 
-    RL minus pause: 62 - 51 = +11, SE sqrt(2.828^2/2 + 1.414^2/2) = 2.2; minus SIM-CoT: 62 - 55 = +7, SE 2.2;
-    SIM-CoT minus pause: +4, SE sqrt(1.414^2/2 + 1.414^2/2) = 1.4.
+    RL minus pause: differences 10 and 12, +11 with SE std(10, 12) / sqrt(2) = 1.0; minus SIM-CoT: 6 and 8, +7 +- 1.0;
+    SIM-CoT minus pause: 4 and 4, +4 +- 0.0 (unpaired, the seeds' spreads would have given 2.2, 2.2 and 1.4).
     """
     from atp.stages.table import margins_markdown
 
@@ -59,7 +59,7 @@ def test_margins_over_the_better_control_and_simcot_carry_a_standard_error_over_
     frame, _ = aggregate(metrics, methods)
     text = margins_markdown(frame, methods)
     assert "better control (Pause)" in text
-    assert "| ATP (RL) | +11.0 ± 2.2 | +7.0 ± 2.2 |" in text and "| SIM-CoT | +4.0 ± 1.4 | - |" in text
+    assert "| ATP (RL) | +11.0 ± 1.0 | +7.0 ± 1.0 |" in text and "| SIM-CoT | +4.0 ± 0.0 | - |" in text
     assert "CoT + RL" not in text and list(frame["method"][:2]) == ["cot_sft", "cot_rl"]  # CoT + RL right after CoT-SFT
     one_seed = aggregate([m for m in metrics if m["seed"] == 0], methods)[0]
     assert "one seed: no standard error" in margins_markdown(one_seed, methods)

@@ -96,6 +96,8 @@ def aggregate(metrics: list[dict], methods: dict) -> object:
                     for step, value in m["fidelity_by_step"].items():
                         row.setdefault(f"{suite}_fidelity_step{step}", []).append(100 * value)
         row["avg_acc"] = statistics.fmean(per_seed_avg_acc)
+        for seed, value in zip(seeds, per_seed_avg_acc):  # for the margins, paired by seed
+            row[f"avg_acc_seed{seed}"] = value
         row["avg_acc_std"] = (
             statistics.stdev(per_seed_avg_acc) if len(per_seed_avg_acc) > 1 else sampled_average_std(mine, suites)
         )
@@ -148,10 +150,26 @@ def is_control(spec: dict) -> bool:
     )
 
 
-def margins_markdown(frame, methods: dict) -> str:
-    """Each latent and RL method's four-suite average minus the better control's and minus SIM-CoT's, with the
-    standard error of the difference over training seeds (std / sqrt(seeds) of each, combined)."""
+def paired_difference(a, b) -> tuple[float, float | None, int]:
+    """(mean, standard error, seeds) of row a's average accuracy minus row b's, paired by training seed: the seeds
+    both have, whose runs share their start (the same seed's CoT-SFT model) and data order, so that what they
+    share cancels. The standard error is the per-seed differences' std over sqrt(seeds); None with one seed."""
     import math
+
+    seeds = sorted(
+        {c for c in a.index if c.startswith("avg_acc_seed") and a[c] == a[c]}
+        & {c for c in b.index if c.startswith("avg_acc_seed") and b[c] == b[c]}
+    )
+    diffs = [a[c] - b[c] for c in seeds]
+    if not diffs:  # rows from a table without per-seed columns: the averages alone
+        return a["avg_acc"] - b["avg_acc"], None, 1
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
+    return statistics.fmean(diffs), se, len(diffs)
+
+
+def margins_markdown(frame, methods: dict) -> str:
+    """Each latent and RL method's four-suite average minus the better control's and minus SIM-CoT's, paired by
+    training seed (paired_difference), with the standard error of the paired differences."""
 
     rows = {row["method"]: row for _, row in frame.iterrows()}
     controls = [rows[m] for m in rows if is_control(methods.get(m, {}))]
@@ -162,10 +180,8 @@ def margins_markdown(frame, methods: dict) -> str:
     references = [better] + [rows[m] for m in rows if methods.get(m, {}).get("variant") == "simcot"]
 
     def difference(a, b) -> str:
-        if min(a["seeds"], b["seeds"]) < 2:
-            return f"{a['avg_acc'] - b['avg_acc']:+.1f} (one seed: no standard error)"
-        se = math.sqrt(a["avg_acc_std"] ** 2 / a["seeds"] + b["avg_acc_std"] ** 2 / b["seeds"])
-        return f"{a['avg_acc'] - b['avg_acc']:+.1f} ± {se:.1f}"
+        mean, se, _ = paired_difference(a, b)
+        return f"{mean:+.1f} (one seed: no standard error)" if se is None else f"{mean:+.1f} ± {se:.1f}"
 
     header = ["Method"] + [f"minus {r['label']}" for r in references]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -176,8 +192,10 @@ def margins_markdown(frame, methods: dict) -> str:
             + " |"
         )
     return (
-        f"\n## Margins on the average accuracy (points)\n\nAgainst the better control ({better['label']}) and SIM-CoT; "
-        "± is the standard error of the difference over training seeds.\n\n" + "\n".join(lines) + "\n"
+        f"\n## Margins on the average accuracy (points)\n\nAgainst the better control ({better['label']}) and SIM-CoT, "
+        "paired by training seed (the seeds both have); ± is the standard error of the per-seed differences.\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
