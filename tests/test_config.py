@@ -205,6 +205,8 @@ def test_shipped_configs_are_valid():
         ".test/config/config.yaml",
         "config/extended.yaml",
         "config/ablations.yaml",
+        "config/two_seeds.yaml",
+        "config/three_seeds.yaml",
     ):  # merged over the default, as Snakemake does
         merged = config.load(root / "config" / "config.yaml", root / overlay)
         config.check_pipeline(merged)
