@@ -42,8 +42,8 @@ def test_the_slurm_profile_dry_runs_the_paper_config_offline(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert (
-        counts["train"] == 12 and counts["evaluate"] == 10 and counts["prepare_data"] == 1
-    )  # + the frozen RL control, not evaluated
+        counts["train"] == 14 and counts["evaluate"] == 11 and counts["prepare_data"] == 1
+    )  # + cot_rl, and the two frozen RL controls, not evaluated
 
 
 def _install_slurm() -> str | None:

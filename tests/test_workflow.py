@@ -40,9 +40,10 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
         predictions = (exp / "eval" / "cot_sft" / "seed0" / suite / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == 40 and {"gold", "prediction", "generation"} <= set(json.loads(predictions[0]))
     csv = (exp / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("method,label,seeds") and len(csv) == 6
+    assert csv[0].startswith("method,label,seeds") and len(csv) == 7
     rows = [line.split(",")[0] for line in csv[1:]]
-    assert rows == ["cot_sft", "nocot_sft", "pause", "atp", "atp_rl"]  # baselines, controls, latent methods, RL
+    # baselines (CoT + RL after CoT-SFT), controls, latent methods, RL
+    assert rows == ["cot_sft", "cot_rl", "nocot_sft", "pause", "atp", "atp_rl"]
     latent = json.loads((exp / "eval" / "atp" / "seed0" / "test" / "metrics.json").read_text())
     assert latent["samples"] == 2 and latent["tokens"] == pytest.approx(latent["latents"] + latent["answer_tokens"])
     assert (exp / "train" / "atp" / "seed0" / "model" / "latent.json").exists()
@@ -63,14 +64,11 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     children = client.search_runs([parent["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent['run_id']}'")
     stages = sorted(run.data.tags["stage"] for run in children)
-    assert stages == ["data"] + ["evaluate"] * 5 + ["latent_sft"] * 2 + [
-        "report",
-        "rl",
-        "rl",
+    assert stages == ["data"] + ["evaluate"] * 6 + ["latent_sft"] * 2 + ["report"] + ["rl"] * 4 + [
         "sft_cot",
         "sft_nocot",
         "table",
-    ]  # rl: atp_rl and its frozen control
+    ]  # rl: atp_rl, cot_rl and their frozen controls
     card = json.loads((pipeline / "results" / "test" / "data" / "card.json").read_text())
     digests = {f"data_digest.{c['split']}": c["sha256"][:16] for c in card["splits"]}
     # Provenance on every run: the code (commit, dirty flag), the job's config (hash) and the data (digests).
@@ -145,7 +143,7 @@ def test_nothing_to_do_after_a_complete_run(pipeline):
 def test_changing_an_eval_setting_reruns_only_evaluation_and_table(pipeline):
     result = snakemake(pipeline, "-n", extra_config="eval: {batch_size: 64, max_new_tokens: 20}\n")
     counts = job_counts(result.stdout)
-    assert counts.get("evaluate") == 5 and counts.get("table") == 1 and counts.get("report_figures") == 1
+    assert counts.get("evaluate") == 6 and counts.get("table") == 1 and counts.get("report_figures") == 1
     assert "train" not in counts and "prepare_data" not in counts
 
 
@@ -171,9 +169,9 @@ def test_editing_the_latent_loops_code_reruns_the_stages_that_import_it_and_noth
     result = snakemake(pipeline, "-n", env={"PYTHONPATH": str(tmp_path), "PYTHONSAFEPATH": "1"})
     assert "Params have changed" in result.stdout
     counts = job_counts(result.stdout)
-    # Latent SFT and RL train on it (pause, atp, atp_rl and its frozen control) and every evaluation imports
-    # it; CoT-SFT, No-CoT SFT and data prep do not.
-    assert counts.get("train") == 4 and counts.get("evaluate") == 5 and counts.get("table") == 1
+    # Latent SFT and RL train on it (pause, atp, atp_rl, cot_rl and the two frozen controls: the RL stage imports the
+    # latent loop whatever its policy) and every evaluation imports it; CoT-SFT, No-CoT SFT and data prep do not.
+    assert counts.get("train") == 6 and counts.get("evaluate") == 6 and counts.get("table") == 1
     assert "prepare_data" not in counts
     # Without the edit, nothing is out of date.
     unedited = snakemake(pipeline, "-n")
@@ -205,9 +203,14 @@ def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the
     # The frozen-policy control ran the same schedule without updating, and the report reads the RL run against it.
     frozen = [json.loads(line) for line in (exp / "train" / "atp_rl_frozen" / "seed0" / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in frozen] == [1, 2, 3] and "rl/loss" not in frozen[0] and "rewards/total/mean" in frozen[0]
-    assert (exp / "report" / "rl_vs_frozen.md").read_text().count(
-        "| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |"
-    ) == 2  # accuracy, reward
+    against = (exp / "report" / "rl_vs_frozen.md").read_text()
+    assert against.count("| atp_rl (seed 0) | atp_rl_frozen (seed 0) | 2-3 |") == 2  # accuracy, reward
+    # Each RL run is read against the control that started from its model: CoT + RL against the frozen CoT-SFT policy.
+    assert (
+        against.count("| cot_rl (seed 0) | cot_rl_frozen (seed 0) | 1-2 |") == 2 and "| atp_rl (seed 0) | cot_rl" not in against
+    )
+    # Whether RL can act: every RL run's and control's sampling headroom (pass@k with rl.pass_k = 2) and group diversity.
+    assert "pass@2" in against and "| cot_rl_frozen (seed 0) |" in against and "| atp_rl (seed 0) |" in against
     assert "rl/first_clip_fraction" in history[0] and history[0]["rl/first_clip_fraction"] == 0.0  # rollout and replay agree
     assert "rl/grad_cosine/all" in history[0]  # diagnostics at step 0 (rl.diagnostics_every)
     registry = json.loads((exp / "report" / "registry.json").read_text())
@@ -237,11 +240,11 @@ def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):
     counts = job_counts(snakemake(pipeline, "-n", extra_config="rl: {clip_eps: 0.1}\n").stdout)
     assert (
-        counts.get("train") == 2
-        and counts.get("evaluate") == 1
+        counts.get("train") == 4
+        and counts.get("evaluate") == 2
         and counts.get("table") == 1
         and counts.get("report_figures") == 1
-    )  # atp_rl, its frozen control
+    )  # atp_rl, cot_rl and their frozen controls
 
 
 def test_a_later_run_reopens_the_same_parent_and_ends_it_again(pipeline):
@@ -293,5 +296,7 @@ def test_a_method_can_train_with_fewer_seeds_and_the_others_start_from_its_first
     (rl_1,) = [j for j in jobs if "rule train:" in j and "method=atp_rl, seed=1" in j]
     assert "--init results/test/train/atp/seed1/model" in rl_1  # atp has both seeds
     counts = job_counts(result.stdout)
-    # cot_sft, nocot_sft once; pause, atp, atp_rl, atp_rl_frozen twice
-    assert counts["train"] == 2 + 4 * 2 and counts["evaluate"] == 2 + 3 * 2
+    (cot_rl_1,) = [j for j in jobs if "rule train:" in j and "method=cot_rl, seed=1" in j]
+    assert "--init results/test/train/cot_sft/seed0/model" in cot_rl_1
+    # cot_sft, nocot_sft once; pause, atp, atp_rl, atp_rl_frozen, cot_rl, cot_rl_frozen twice
+    assert counts["train"] == 2 + 6 * 2 and counts["evaluate"] == 2 + 4 * 2
