@@ -34,6 +34,10 @@ def test_advantages_of_a_hand_built_group():
     assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, 0.5, -0.5]) / (std + 1e-8))
     assert torch.equal(adv[4:], torch.zeros(4))  # all equal: zero advantage, no division by zero
     assert torch.isfinite(adv).all()
+    # Rewards that float32 cannot hold exactly: a uniform group still gets exactly 0 (the mean of eight float32 1.6s is
+    # a rounding step off 1.6, which divided by the 1e-8 guard once gave each row -12), a mixed one sums to 0.
+    uniform = group_advantages(torch.tensor([1.6] * 8 + [1.6] * 7 + [0.5]), 8)
+    assert torch.equal(uniform[:8], torch.zeros(8)) and abs(float(uniform[8:].sum())) < 1e-5
     # ... and that group contributes no gradient to the PPO loss.
     new = {"answer": torch.randn(4, 3, requires_grad=True)}
     cfg = RLConfig(questions=1, group_size=4, minibatch_size=4)

@@ -207,7 +207,7 @@ def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str
             "rl/accuracy": statistics.fmean(gathered["accuracy"]),
             "rl/latents": statistics.fmean(gathered["used"]),
             "rl/answer_tokens": statistics.fmean(gathered["answer_tokens"]),
-            "rl/zero_advantage_groups": float((groups.std(-1) == 0).float().mean()),
+            "rl/zero_advantage_groups": float((groups == groups[:, :1]).all(-1).float().mean()),
             **diversity_metrics(gathered["trajectories"], group_size),
         }
     )

@@ -9,14 +9,19 @@ from atp.rl.policy import Trajectories, replay
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """(r - group mean) / (group std + 1e-8), rows grouped in consecutive blocks of `group_size`.
+    """(r - group mean) / (group std + 1e-8), rows grouped in consecutive blocks of `group_size` (float32).
 
-    A group whose rewards are all equal gets zero advantage (and so no gradient), never a division by zero.
+    A group whose rewards are all equal gets exactly zero advantage (and so no gradient), never a division by
+    zero. Equal rewards are tested as equal, not through the std: eight float32 copies of 1.6 have a mean one
+    rounding step away from 1.6, and (r - mean) / (0 + 1e-8) then gave every row of the group the same advantage
+    of about +-12, which pushed all of a uniform group's trajectories down (or up) at once (found by token GRPO's
+    positive control on 2026-12-06; every RL run before that had it). Computed in float64.
     """
-    groups = rewards.float().view(-1, group_size)
+    groups = rewards.double().view(-1, group_size)
     mean = groups.mean(-1, keepdim=True)
     std = groups.std(-1, keepdim=True)  # unbiased, as TRL's GRPO
-    return ((groups - mean) / (std + 1e-8)).view(-1)
+    uniform = (groups == groups[:, :1]).all(-1, keepdim=True)
+    return torch.where(uniform, torch.zeros_like(groups), (groups - mean) / (std + 1e-8)).float().view(-1)
 
 
 LATENT_ACTIONS = ("latent", "stop")  # the paper's "latent" term: the Gaussian latents with the stop decisions
