@@ -211,15 +211,19 @@ def check_pipeline(config: dict) -> None:
         raise ConfigError(f"config key 'model.pretrained': model folder not found: {pretrained}")
 
 
+OWN_SPLITS = ("train", "val", "rl")  # the splits configured under data.<name>; the rest are suites
+
+
 def split_key(name: str) -> str:
-    """Where a split is configured: `data.train`, `data.val` or `data.suites.<name>`."""
-    return f"data.{name}" if name in ("train", "val") else f"data.suites.{name}"
+    """Where a split is configured: `data.train`, `data.val`, `data.rl` or `data.suites.<name>`."""
+    return f"data.{name}" if name in OWN_SPLITS else f"data.suites.{name}"
 
 
 def split_specs(config: dict) -> dict[str, dict]:
-    """Every split (train, val, each suite) with the synthetic defaults merged into synthetic ones."""
+    """Every split (train, val, the RL prompts when configured, each suite) with the synthetic defaults merged
+    into synthetic ones, in the order they are drawn."""
     data = config["data"]
-    specs = {"train": data["train"], "val": data["val"], **data["suites"]}
+    specs = {"train": data["train"], "val": data["val"], **({"rl": data["rl"]} if data.get("rl") else {}), **data["suites"]}
     merged = {}
     for name, spec in specs.items():
         if spec.get("source", "synthetic") == "synthetic":

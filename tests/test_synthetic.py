@@ -80,3 +80,22 @@ def test_suite_spec_defaults_equal_the_schema_defaults():
     from atp.config import resolve
 
     assert asdict(SuiteSpec()) == resolve({})["data"]["synthetic"]
+
+
+def test_an_rl_split_is_drawn_apart_from_train_val_and_the_suites_and_changes_nothing_else(tmp_path):
+    from atp.stages.prepare_data import build_splits
+    from atp.stages.rl import rl_prompts
+    from atp.text import normalise_question
+    from conftest import tiny_config
+
+    suites = {"test": {"source": "synthetic", "n": 30}}
+    plain, _, _ = build_splits(tiny_config(data={"suites": suites}))
+    with_rl, _, _ = build_splits(tiny_config(data={"suites": suites, "rl": {"source": "synthetic", "n": 25, "min_ops": 3}}))
+    assert "rl" not in plain and len(with_rl["rl"]) == 25 and all(len(r["steps"]) >= 3 for r in with_rl["rl"])
+    assert with_rl["train"] == plain["train"] and with_rl["val"] == plain["val"]  # train and val do not move
+    questions = lambda name: {normalise_question(r["question"]) for r in with_rl[name]}  # noqa: E731
+    assert not questions("rl") & (questions("train") | questions("val") | questions("test"))
+    (tmp_path / "train.jsonl").write_text("")
+    assert rl_prompts(tmp_path).name == "train.jsonl"
+    (tmp_path / "rl.jsonl").write_text("")
+    assert rl_prompts(tmp_path).name == "rl.jsonl"

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from atp import cli
-from atp.config import split_key, split_source, split_specs
+from atp.config import OWN_SPLITS, split_key, split_source, split_specs
 from atp.data.records import DataError, file_digest, write_jsonl
 from atp.runtime import write_json
 from atp.text import cot_target, normalise_question, prompt_text
@@ -45,7 +45,7 @@ def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int], d
         if isinstance(source, SuiteSpec):
             records = generate_split(name, source, data["seed"], exclude=seen)
             skipped[name] = 0
-            if name not in ("train", "val"):
+            if name not in OWN_SPLITS:
                 own = seen | {normalise_question(r["question"]) for r in records}
                 twins[name] = generate_split(twin_name(name), source, data["seed"], exclude=own)
         else:
@@ -55,7 +55,7 @@ def build_splits(config: dict) -> tuple[dict[str, list[dict]], dict[str, int], d
                 if leaked:
                     log.warning("%s: dropped %d question(s) that also appear in training data", name, len(leaked))
                     records = [r for r in records if normalise_question(r["question"]) not in seen]
-        if name in ("train", "val"):
+        if name in OWN_SPLITS:  # later splits (the RL prompts, the suites) leave these questions out
             seen.update(normalise_question(r["question"]) for r in records)
         splits[name] = records
     return splits, skipped, twins
@@ -137,6 +137,8 @@ def main(args, config: dict) -> None:
         path = out_dir / f"{name}.jsonl"
         write_jsonl(path, records)
         cards.append({**data_card(name, records, tokenizer, bad), "sha256": file_digest(path), "path": str(path)})
+    if "rl" not in splits:  # an RL split of an earlier config must not outlive it (the RL stage reads it if present)
+        (out_dir / "rl.jsonl").unlink(missing_ok=True)
     tokenizer.save_pretrained(out_dir / "tokenizer")
     write_json(out_dir / "card.json", {"splits": cards, "vocab_size": len(tokenizer)})
     (out_dir / "card.md").write_text(card_markdown(cards), encoding="utf-8")

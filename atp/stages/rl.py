@@ -4,7 +4,8 @@
         --data-dir results/<exp>/data --out-dir results/<exp>/train/atp_rl/seed0 \
         --init results/<exp>/train/atp/seed0/model [--checkpoint-dir <dir>]
 
-Each RL step draws `rl.questions` training questions, samples `rl.group_size`
+Each RL step draws `rl.questions` questions (from the RL split, `data.rl`, where data
+prep wrote one, else from the training split), samples `rl.group_size`
 trajectories for each (latents, stop decisions, answer), scores them with the
 rewards of `rl.rewards`, normalises the rewards within each group, and takes
 one pass of PPO-clip updates over the rollouts in minibatches of
@@ -55,6 +56,14 @@ def load_policy(init: str, lora_cfg: dict):
     model, tokenizer = load_latent(init)
     model.backbone = apply_lora(model.backbone, lora_cfg)
     return freeze_decoder(model), tokenizer
+
+
+def rl_prompts(data_dir):
+    """The RL questions: data prep's RL split (`data.rl`) where it wrote one, else the training split."""
+    from pathlib import Path
+
+    own = Path(data_dir) / "rl.jsonl"
+    return own if own.exists() else Path(data_dir) / "train.jsonl"
 
 
 def language_validation(lm, tokenizer, data_dir, samples: int, device) -> dict:
@@ -108,7 +117,7 @@ def main(args, config: dict) -> None:
     if s.train_cfg.gradient_checkpointing:  # the replays recompute; rollouts (no gradient) do not
         modeling.enable_gradient_checkpointing(model.lm) if token_policy else model.enable_gradient_checkpointing()
     ref = reference_policy(model) if rl_cfg.kl_coef > 0 else None
-    records = read_jsonl(s.data_dir / "train.jsonl")
+    records = read_jsonl(rl_prompts(s.data_dir))
     prompts = [modeling.prompt_ids(tokenizer, r["question"]) for r in records]
     trainable, optimizer, start = optimizer_and_resume(model, s.train_cfg, s.ckpt_dir, s.meta)
     log.info(
