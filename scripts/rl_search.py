@@ -164,7 +164,7 @@ def main() -> None:
             if proc.poll() is None:
                 continue
             del running[name]
-            line = {**point, "seconds": round(time.time() - started, 1), "returncode": proc.returncode}
+            line = {**point, "init": args.init, "seconds": round(time.time() - started, 1), "returncode": proc.returncode}
             if proc.returncode == 0:
                 line.update(summary(root / name))
             results.append(line)
