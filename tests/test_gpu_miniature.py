@@ -85,9 +85,9 @@ def test_the_gpu_miniature_dry_runs_every_method_one_gpu_job_at_a_time_per_slot(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = job_counts(done.stdout)
-    # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent, three RL runs and the frozen RL control.
-    assert counts["train"] == 11 and counts["evaluate"] == 10 and counts["prepare_data"] == 1 and counts["table"] == 1
+    # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent, three RL runs, CoT + RL and the two frozen controls.
+    assert counts["train"] == 13 and counts["evaluate"] == 11 and counts["prepare_data"] == 1 and counts["table"] == 1
     # gpu=1 per job: atp.launch runs `python -m atp.stages.<stage>` in one process, not accelerate.
-    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 11
+    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 13
     assert "results/gpu_miniature/train/atp/seed0/model" in done.stdout
     assert not (tmp_path / "results").exists()  # a dry run

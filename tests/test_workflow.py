@@ -46,6 +46,7 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
     assert rows == ["cot_sft", "cot_rl", "nocot_sft", "pause", "atp", "atp_rl"]
     latent = json.loads((exp / "eval" / "atp" / "seed0" / "test" / "metrics.json").read_text())
     assert latent["samples"] == 2 and latent["tokens"] == pytest.approx(latent["latents"] + latent["answer_tokens"])
+    assert latent["vote"] == 3 and 0 <= latent["accuracy_vote"] <= 1 and "## Majority vote" in table  # eval.vote
     assert (exp / "train" / "atp" / "seed0" / "model" / "latent.json").exists()
     assert "Step-decoding fidelity" in table
     assert (exp / "data" / "card.md").exists() and (exp / "data" / "tokenizer" / "tokenizer.json").exists()
