@@ -84,11 +84,11 @@ def test_the_launcher_runs_one_process_or_accelerate_on_n(tmp_path):
 @pytest.mark.slow
 def test_the_dry_run_launches_training_through_one_command(workdir):
     out = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=2")
-    assert out.count("python -m atp.launch --gpus 2 --accelerate ddp atp.stages.") == 6  # the 6 trainings of the test config
+    assert out.count("python -m atp.launch --gpus 2 --accelerate ddp atp.stages.") == 8  # the 8 trainings of the test config
     fsdp = snakemake(workdir, "-n", "-p", "--set-resources", "train:gpu=4", "train:accelerate=fsdp")
     assert "python -m atp.launch --gpus 4 --accelerate fsdp atp.stages.sft" in fsdp
     out = snakemake(workdir, "-n", "-p")
-    assert out.count("python -m atp.launch --gpus 0 --accelerate ddp atp.stages.") == 6 and " if [" not in out
+    assert out.count("python -m atp.launch --gpus 0 --accelerate ddp atp.stages.") == 8 and " if [" not in out
 
 
 @pytest.mark.slow
