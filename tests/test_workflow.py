@@ -95,7 +95,7 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
         rows = list(csv.DictReader(handle))
     summary = {f"table/{r['method']}/{k}": float(r[k]) for r in rows for k in ("avg_acc", "avg_tokens")}
     table_run = next(r for r in children if r.data.tags["stage"] == "table")
-    assert len(summary) == 10 and parent_run.data.metrics == summary == table_run.data.metrics
+    assert len(summary) == 12 and parent_run.data.metrics == summary == table_run.data.metrics  # 6 rows x 2
     assert {a.path for a in client.list_artifacts(parent["run_id"])} == {"table.md", "table.csv", "config.yaml"}
     train = next(r for r in children if r.data.tags["stage"] == "sft_cot")
     assert "train/loss" in train.data.metrics and train.data.params["train.steps"] == "12"
