@@ -173,8 +173,6 @@ def pass_at_k(model, tokenizer, records: list[dict], k: int, seed: int, device, 
     frequent answer right; ties to the first drawn), `uniform_groups` (share of questions whose k samples are all right
     or all wrong: GRPO gets no advantage from those) and `distinct_answers` per question.
     """
-    from collections import Counter
-
     questions = [r["question"] for r in records]
     latent = hasattr(model, "cfg") and hasattr(model.cfg, "spec")
     if latent and not model.cfg.spec.stochastic:
@@ -189,12 +187,29 @@ def pass_at_k(model, tokenizer, records: list[dict], k: int, seed: int, device, 
         for row, text in enumerate(texts):
             answers[row].append(parse_answer(text))
     right = [[a is not None and numbers_equal(a, r["answer"]) for a in row] for row, r in zip(answers, records)]
-    votes = [Counter(a for a in row if a is not None).most_common(1) for row in answers]
+    votes = majority_vote([list(chain) for chain in zip(*answers)])
     n = max(len(records), 1)
     return {
         "pass_at_1": sum(sum(r) / k for r in right) / n,
         f"pass_at_{k}": sum(any(r) for r in right) / n,
-        f"vote_at_{k}": sum(bool(v) and numbers_equal(v[0][0], rec["answer"]) for v, rec in zip(votes, records)) / n,
+        f"vote_at_{k}": sum(v is not None and numbers_equal(v, rec["answer"]) for v, rec in zip(votes, records)) / n,
         "uniform_groups": sum(all(r) or not any(r) for r in right) / n,
         "distinct_answers": sum(len(set(row)) for row in answers) / n,
     }
+
+
+def majority_vote(chains: list[list[str | None]]) -> list[str | None]:
+    """Per question, the answer most of the chains gave (by value; ties to the earliest chain); None if none parsed.
+
+    >>> majority_vote([["3", "1", None], ["4", "1.0", None], ["4", "2", "5"]])
+    ['4', '1', '5']
+    """
+    from collections import Counter
+
+    from atp.text import canonical_number
+
+    out = []
+    for answers in zip(*chains):
+        counts = Counter(canonical_number(a) for a in answers if a is not None)
+        out.append(counts.most_common(1)[0][0] if counts else None)
+    return out

@@ -372,7 +372,8 @@ def test_the_paper_config_copies_the_backbone_and_the_default_keeps_the_small_de
 
 def test_the_majority_vote_over_sampled_chains_is_the_most_frequent_answer_of_the_first_k(tiny_data):
     from atp.config import EvalConfig
-    from atp.stages.evaluate import evaluate_latent, majority_vote
+    from atp.evaluate import majority_vote
+    from atp.stages.evaluate import evaluate_latent
 
     cfg, splits, tok = tiny_data
     seed_everything(0)

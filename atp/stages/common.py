@@ -82,6 +82,20 @@ def write_metrics(metrics: dict, out_dir: Path, tracker, step: int) -> None:
     tracker.log_artifact(out_dir / "model" / "meta.json")
 
 
+def language_validation(model, tokenizer, data_dir: Path, samples: int, device) -> dict:
+    """`val/accuracy` and `val/tokens` of a language model, greedy, on the first `samples` validation problems: what
+    the SFT stage and RL from a CoT model put into metrics.json."""
+    import logging
+
+    from atp.data.records import read_jsonl
+    from atp.evaluate import greedy_generate, score
+
+    val = read_jsonl(Path(data_dir) / "val.jsonl")[:samples]
+    _, metrics = score(val, greedy_generate(model, tokenizer, [r["question"] for r in val], 96, 250, device))
+    logging.getLogger("atp.validation").info("val accuracy %.3f on %d problems", metrics["accuracy"], len(val))
+    return {"val/accuracy": metrics["accuracy"], "val/tokens": metrics["tokens"]}
+
+
 def validation_metrics(model, tokenizer, data_dir: Path, samples: int, seed: int, device) -> dict:
     """`val/accuracy`, `val/tokens` and `val/fidelity` of a latent model on the first `samples` validation
     problems (suffix `_sample` for sampled latents); what the latent and RL stages put into metrics.json."""

@@ -68,6 +68,8 @@ def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig,
     metrics["tokens_mu"] = mu_metrics["tokens"]
     metrics["samples"] = len(runs)
     if eval_cfg.vote:
+        from atp.evaluate import majority_vote
+
         voted = majority_vote([[p["prediction"] for p in chain] for chain, _ in chains[: eval_cfg.vote]])
         for p, answer, record in zip(predictions, voted, records):
             p["vote"] = answer
@@ -76,23 +78,6 @@ def evaluate_latent(model, tokenizer, records: list[dict], eval_cfg: EvalConfig,
         metrics["tokens_vote"] = eval_cfg.vote * statistics.fmean(m["tokens"] for _, m in chains[: eval_cfg.vote])
         metrics["vote"] = eval_cfg.vote
     return predictions, metrics
-
-
-def majority_vote(chains: list[list[str | None]]) -> list[str | None]:
-    """Per question, the answer most of the chains gave (by value; ties to the earliest chain); None if none parsed.
-
-    >>> majority_vote([["3", "1", None], ["4", "1.0", None], ["4", "2", "5"]])
-    ['4', '1', '5']
-    """
-    from collections import Counter
-
-    from atp.text import canonical_number
-
-    out = []
-    for answers in zip(*chains):
-        counts = Counter(canonical_number(a) for a in answers if a is not None)
-        out.append(counts.most_common(1)[0][0] if counts else None)
-    return out
 
 
 def main(args, config: dict) -> None:

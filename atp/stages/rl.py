@@ -66,18 +66,6 @@ def rl_prompts(data_dir):
     return own if own.exists() else Path(data_dir) / "train.jsonl"
 
 
-def language_validation(lm, tokenizer, data_dir, samples: int, device) -> dict:
-    """`val/accuracy` and `val/tokens` of a language model, greedy, as the SFT stage measures them."""
-    from pathlib import Path
-
-    from atp.evaluate import greedy_generate, score
-
-    val = read_jsonl(Path(data_dir) / "val.jsonl")[:samples]
-    _, metrics = score(val, greedy_generate(lm, tokenizer, [r["question"] for r in val], 96, 250, device))
-    log.info("val accuracy %.3f on %d problems", metrics["accuracy"], len(val))
-    return {"val/accuracy": metrics["accuracy"], "val/tokens": metrics["tokens"]}
-
-
 def sampling_headroom(model, tokenizer, data_dir, samples: int, rl_cfg, seed: int, device) -> dict:
     """`val/pass_at_1`, `val/pass_at_<k>`, `val/vote_at_<k>`, `val/uniform_groups` and `val/distinct_answers` of the
     policy's samples (atp.evaluate.pass_at_k, k = `rl.pass_k`): a frozen control's are its start's, so every RL run
@@ -101,7 +89,15 @@ def main(args, config: dict) -> None:
     from atp.config import ConfigError
     from atp.latent import save_latent
     from atp.rl import GRPOTask, TokenPolicy, check_world, reference_policy, rl_settings
-    from atp.stages.common import History, drop_checkpoints, setup, stage_tracker, validation_metrics, write_metrics
+    from atp.stages.common import (
+        History,
+        drop_checkpoints,
+        language_validation,
+        setup,
+        stage_tracker,
+        validation_metrics,
+        write_metrics,
+    )
     from atp.train import checkpoint_writer, optimizer_and_resume, run_loop
 
     s = setup(args, config)

@@ -40,8 +40,15 @@ def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
 
 def main(args, config: dict) -> None:
     from atp import modeling
-    from atp.evaluate import greedy_generate, score
-    from atp.stages.common import History, drop_checkpoints, setup, stage_tracker, starting_model, write_metrics
+    from atp.stages.common import (
+        History,
+        drop_checkpoints,
+        language_validation,
+        setup,
+        stage_tracker,
+        starting_model,
+        write_metrics,
+    )
     from atp.train import TokenObjective, train
 
     s = setup(args, config)
@@ -84,11 +91,7 @@ def main(args, config: dict) -> None:
         metrics["train/seconds"] = time.time() - started
         if s.dist.is_main:
             if s.train_cfg.val_samples:
-                val = read_jsonl(s.data_dir / "val.jsonl")[: s.train_cfg.val_samples]
-                generations = greedy_generate(model, s.tokenizer, [r["question"] for r in val], 96, 250, s.dist.device)
-                _, val_metrics = score(val, generations)
-                metrics.update({"val/accuracy": val_metrics["accuracy"], "val/tokens": val_metrics["tokens"]})
-                log.info("val accuracy %.3f on %d problems", val_metrics["accuracy"], len(val))
+                metrics.update(language_validation(model, s.tokenizer, s.data_dir, s.train_cfg.val_samples, s.dist.device))
             modeling.save_model(model, s.tokenizer, s.out_dir / "model", {**s.meta, "step": s.train_cfg.steps})
             write_metrics(metrics, s.out_dir, tracker, s.train_cfg.steps)
     if s.dist.is_main:  # only once the outputs are written and MLflow has them
