@@ -65,6 +65,7 @@ def summary(run: Path) -> dict:
     # answers and valid chains per group, the latent noise over |mu|).
     rollout = ("rewards/total/mean", "rewards/coherence/mean", "rl/accuracy", "rl/latents", "rl/zero_advantage_groups")
     rollout += ("rl/distinct_chains", "rl/distinct_answers", "rl/distinct_valid_chains", "rl/noise_over_mu")
+    rollout += ("rl/informative_groups",)
     for part, rs in (("first25", rows[:25]), ("last25", rows[-25:])):
         out.update({f"{part}/{k}": window(rs, k) for k in rollout if all(k in r for r in rs)})
     quarter = rows[int(len(rows) * 0.75) :]
@@ -102,8 +103,9 @@ def against_frozen(results: list[dict], root: Path, method: str = "atp_rl") -> N
 
 def schedule(point: dict, method: str = "atp_rl") -> dict:
     """What fixes the question schedule of an RL run and its rollouts' distribution at the start: seed, steps,
-    questions per step, the two sampling temperatures (a frozen control must sample as the run does). Read from
-    the resolved settings, so a point that states a default and one that leaves it out have the same schedule."""
+    questions per step (and the dynamic sampling's oversampling), the two sampling temperatures (a frozen control
+    must sample as the run does). Read from the resolved settings, so a point that states a default and one that
+    leaves it out have the same schedule."""
     from atp.rl.grpo import rl_settings
 
     settings = job(point, method)
@@ -112,6 +114,7 @@ def schedule(point: dict, method: str = "atp_rl") -> dict:
         "seed": point.get("seed", 0),
         "steps": settings["train"]["steps"],
         "questions": rl.questions,
+        "oversample": rl.oversample,
         "temperature": rl.temperature,
         "latent_temperature": rl.latent_temperature,
     }

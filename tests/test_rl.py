@@ -271,6 +271,32 @@ def test_a_frozen_rl_step_rolls_out_and_scores_but_changes_no_weight(tiny_data):
     assert all(torch.equal(p, b) for p, b in zip(trainable, before))
 
 
+def test_dynamic_sampling_updates_on_the_groups_whose_rewards_differ(tiny_data):
+    """rl.oversample 2: 4 questions' groups rolled out, the update uses 2 of them, informative ones first; the metrics
+    describe all 16 rollouts."""
+    from atp.rl import freeze_decoder, grpo_step
+    from atp.rl.grpo import kept_rows
+
+    # Informative groups first, in rollout order; uniform ones fill what is left.
+    assert kept_rows([0, 0, 1, 0, 1, 1, 0, 1], 2, 2) == [2, 3, 6, 7]
+    assert kept_rows([0, 0, 1, 0, 1, 1, 1, 1], 2, 2) == [0, 1, 2, 3]
+    assert kept_rows([0, 0, 1, 0, 1, 1, 1, 1], 2, 4) == list(range(8))
+    model, prompts, tok = policy(tiny_data)
+    freeze_decoder(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    cfg = RLConfig(questions=2, group_size=4, minibatch_size=8, max_answer_tokens=6, oversample=2)
+    rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)
+    metrics, trajectories = grpo_step(
+        model, optimizer, trainable, prompts, ["1"] * 16, cfg, rewards, tok, torch.Generator().manual_seed(0), 1.0
+    )
+    assert len(trajectories) == 16
+    informative = 1 - metrics["rl/zero_advantage_groups"]  # over the 4 groups rolled out
+    assert metrics["rl/informative_groups"] == min(1.0, informative * 4 / 2)
+    assert metrics["rl/first_clip_fraction"] == 0.0  # the old log-probabilities are those of the kept rows
+    assert len(optimizer.state) > 0  # one update of the 8 kept rows
+
+
 def test_the_rl_stage_resumes_from_its_checkpoint_to_the_same_policy(tiny_data, tmp_path, monkeypatch):
     """Run 4 RL steps; crash another run in its third step and rerun it: same weights, metrics and history."""
     import shutil

@@ -13,6 +13,9 @@ class RLConfig:
     group_size: int = 8  # G trajectories per question (the paper: 8)
     minibatch_size: int = 16  # trajectories per optimizer step; one pass over the rollouts (the paper: 16)
     epochs: int = 1  # passes over one step's rollouts
+    # Dynamic sampling (DAPO): roll out `oversample` x `questions` questions' groups a step and update on `questions`
+    # of them, those whose rewards differ first (a group whose rewards are all equal has no advantage); 1 = off (the paper).
+    oversample: int = 1
     clip_eps: float = 0.2
     log_ratio_clamp: float = 3.0
     kl_coef: float = 0.0  # KL to the frozen starting policy (k3 estimator per action); 0 = off, as the paper
@@ -47,8 +50,8 @@ class RLConfig:
             )
         if self.pass_k == 1 or self.pass_k < 0:
             raise ValueError(f"pass_k must be 0 (off) or at least 2, got {self.pass_k}")
-        if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1:
-            raise ValueError("questions, minibatch_size and epochs must be at least 1")
+        if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1 or self.oversample < 1:
+            raise ValueError("questions, minibatch_size, epochs and oversample must be at least 1")
         if (self.questions * self.group_size) % self.minibatch_size:
             raise ValueError(
                 f"minibatch_size {self.minibatch_size} does not divide questions x group_size = "
@@ -65,6 +68,7 @@ class RLConfig:
 
     @property
     def rollouts(self) -> int:
+        """Trajectories an update pass sees a step (dynamic sampling rolls out `oversample` times as many)."""
         return self.questions * self.group_size
 
     @property

@@ -8,7 +8,7 @@ import torch
 
 from atp.latent import LatentReasoner
 from atp.rl.config import RLConfig
-from atp.rl.loss import gradient_diagnostics, group_advantages
+from atp.rl.loss import gradient_diagnostics, group_advantages, uniform_groups
 from atp.rl.policy import replay, rollout
 from atp.rl.update import ppo_update
 
@@ -90,6 +90,8 @@ def grpo_step(
     `diagnose`: also measure the gradient per action type and its two-half cosine (gradient_diagnostics,
     on this process's rows) before the update. With `rl_cfg.frozen` nothing is updated. `gold_steps` (the
     rows' gold CoT) lets the metrics count the distinct *valid* chains of a group (atp.evaluate.step_fidelity).
+    With `rl_cfg.oversample` > 1 the rows hold that many times `questions` groups; the update uses `questions`
+    of them (kept_rows) and the metrics describe all.
     """
     import statistics
 
@@ -104,12 +106,6 @@ def grpo_step(
     model.eval()  # no dropout anywhere; eval only makes sampling and replay see the same network
     with autocast:
         traj = rollout(model, prompts, rl_cfg, generator)
-        # The log-probabilities the ratios start from come from the replay path itself (TRL computes its old
-        # log-probabilities the same way): the sampling loop decodes token by token, the replay in one pass, and
-        # their roundings differ (4.8e-7 in fp32 on the tiny test policy, more under bf16 on a GPU), so the first
-        # minibatch's ratio is exactly 1 and nothing is clipped before an update.
-        with torch.no_grad():
-            traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg).items()}
         used = traj.latents_used.tolist()
         if not token_policy:
             steps = model.decode_steps([traj.feeds[b, :n].float().cpu() for b, n in enumerate(used)], tokenizer)
@@ -120,6 +116,17 @@ def grpo_step(
     accuracy = rewards["correct"] if reward_cfg.needs_gold else correct(completions, answers=answers)  # monitoring only here
     # Groups are whole on each process, so the advantages need nothing from the other processes.
     advantages = group_advantages(torch.tensor(rewards["total"]), rl_cfg.group_size).to(traj.device)
+    answer_tokens, noise_ratio = traj.masks["answer"].sum(-1).tolist(), traj.noise_ratio
+    kept = kept_rows(rewards["total"], rl_cfg.group_size, len(prompts) // (rl_cfg.group_size * rl_cfg.oversample))
+    row_advantages = advantages
+    if len(kept) < len(prompts):  # dynamic sampling: the update sees the kept groups only
+        traj, advantages = traj.rows(kept), advantages[torch.tensor(kept, device=advantages.device)]
+    with autocast, torch.no_grad():
+        # The log-probabilities the ratios start from come from the replay path itself (TRL computes its old
+        # log-probabilities the same way): the sampling loop decodes token by token, the replay in one pass, and
+        # their roundings differ (4.8e-7 in fp32 on the tiny test policy, more under bf16 on a GPU), so the first
+        # minibatch's ratio is exactly 1 and nothing is clipped before an update.
+        traj.old = {k: v.detach() for k, v in replay(model, traj, rl_cfg).items()}
     ref_logps = None
     if ref is not None and rl_cfg.kl_coef > 0:
         with torch.no_grad(), autocast:
@@ -137,7 +144,8 @@ def grpo_step(
         "rewards": rewards,
         "accuracy": list(accuracy),
         "used": used,
-        "answer_tokens": traj.masks["answer"].sum(-1).tolist(),
+        "answer_tokens": answer_tokens,
+        "kept": [b in set(kept) for b in range(len(prompts))],
         "trajectories": [
             {
                 "question_row": rank * R + b,
@@ -146,9 +154,9 @@ def grpo_step(
                 "completion": completions[b],
                 "gold": answers[b],
                 **{f"reward_{k}": v[b] for k, v in rewards.items()},
-                "advantage": round(float(advantages[b]), 6),
+                "advantage": round(float(row_advantages[b]), 6),
                 **({} if gold_steps is None else {"valid_chain": valid_chain(steps[b], gold_steps[b])}),
-                **({} if traj.noise_ratio is None else {"noise_over_mu": round(float(traj.noise_ratio[b]), 6)}),
+                **({} if noise_ratio is None else {"noise_over_mu": round(float(noise_ratio[b]), 6)}),
             }
             for b in range(R)
         ],
@@ -157,6 +165,20 @@ def grpo_step(
     metrics.update({f"rl/{k}": statistics.fmean(v) for k, v in stats.items() if v})
     metrics.update(diagnostics)
     return metrics, trajectories
+
+
+def kept_rows(rewards: list[float], group_size: int, groups: int) -> list[int]:
+    """The rows of the `groups` groups an update uses (dynamic sampling): groups whose rewards differ first, then
+    groups whose rewards are all equal, each in rollout order; all rows when there are only `groups` groups.
+
+    >>> kept_rows([1, 1, 0, 1, 0, 0, 1, 0], group_size=2, groups=2)
+    [2, 3, 6, 7]
+    >>> kept_rows([1, 1, 0, 0, 1, 0], group_size=2, groups=2)
+    [0, 1, 4, 5]
+    """
+    uniform = uniform_groups(rewards, group_size).tolist()
+    order = [g for g, u in enumerate(uniform) if not u] + [g for g, u in enumerate(uniform) if u]
+    return [g * group_size + i for g in sorted(order[:groups]) for i in range(group_size)]
 
 
 def valid_chain(steps: list[str], gold: list[str]) -> bool:
@@ -198,8 +220,10 @@ def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str
         parts = [None] * world_size
         torch.distributed.all_gather_object(parts, mine)
     rewards = {k: [v for p in parts for v in p["rewards"][k]] for k in mine["rewards"]}
-    gathered = {key: [v for p in parts for v in p[key]] for key in ("accuracy", "used", "answer_tokens", "trajectories")}
+    gathered = {key: [v for p in parts for v in p[key]] for key in ("accuracy", "used", "answer_tokens", "kept", "trajectories")}
     groups = torch.tensor(rewards["total"]).view(-1, group_size)
+    uniform = uniform_groups(rewards["total"], group_size)
+    kept = torch.tensor(gathered["kept"]).view(-1, group_size)[:, 0]
     metrics = {f"rewards/{k}/mean": statistics.fmean(v) for k, v in rewards.items()}
     metrics.update(
         {
@@ -207,7 +231,9 @@ def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str
             "rl/accuracy": statistics.fmean(gathered["accuracy"]),
             "rl/latents": statistics.fmean(gathered["used"]),
             "rl/answer_tokens": statistics.fmean(gathered["answer_tokens"]),
-            "rl/zero_advantage_groups": float((groups == groups[:, :1]).all(-1).float().mean()),
+            "rl/zero_advantage_groups": float(uniform.float().mean()),
+            # the share of the groups an update used whose rewards differ (dynamic sampling raises it)
+            "rl/informative_groups": float((~uniform[kept]).float().mean()),
             **diversity_metrics(gathered["trajectories"], group_size),
         }
     )
@@ -215,7 +241,7 @@ def step_metrics(mine: dict, world_size: int, group_size: int) -> tuple[dict[str
 
 
 class GRPOTask:
-    """The RL stage as atp.train.run_loop runs it: each step draws `rl.questions` training questions (a fixed
+    """The RL stage as atp.train.run_loop runs it: each step draws `rl.questions` x `rl.oversample` questions (a fixed
     schedule, equal lengths: drawn at random, not grouped by length, which would group them by difficulty),
     repeats each `rl.group_size` times, gives this process its whole groups and takes one `grpo_step` with a
     generator of (seed, step, rank). Every step is logged; the run's metrics are the mean of its last
@@ -246,7 +272,7 @@ class GRPOTask:
         self.model, self.optimizer, self.trainable, self.records, self.prompts = model, optimizer, trainable, records, prompts
         self.rl_cfg, self.reward_cfg, self.tokenizer, self.train_cfg = rl_cfg, reward_cfg, tokenizer, train_cfg
         self.seed, self.dist, self.ref, self.tracker, self.traj_dir = seed, dist, ref, tracker, traj_dir
-        self.schedule = batch_schedule([0] * len(prompts), rl_cfg.questions, train_cfg.steps, seed)
+        self.schedule = batch_schedule([0] * len(prompts), rl_cfg.questions * rl_cfg.oversample, train_cfg.steps, seed)
         self.summary_window = train_cfg.log_every
         self.rows: list[int] = []
         self.trajectories: list[dict] = []

@@ -8,6 +8,13 @@ from atp.rl.config import RLConfig
 from atp.rl.policy import Trajectories, replay
 
 
+def uniform_groups(rewards, group_size: int) -> torch.Tensor:
+    """(groups,) True where a group's rewards, rows in consecutive blocks of `group_size`, are all equal (tested as
+    equal, not through a std): GRPO gets no advantage from such a group."""
+    groups = torch.as_tensor(rewards, dtype=torch.float64).view(-1, group_size)
+    return (groups == groups[:, :1]).all(-1)
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """(r - group mean) / (group std + 1e-8), rows grouped in consecutive blocks of `group_size` (float32).
 
@@ -20,7 +27,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     groups = rewards.double().view(-1, group_size)
     mean = groups.mean(-1, keepdim=True)
     std = groups.std(-1, keepdim=True)  # unbiased, as TRL's GRPO
-    uniform = (groups == groups[:, :1]).all(-1, keepdim=True)
+    uniform = uniform_groups(groups, group_size).unsqueeze(-1)
     return torch.where(uniform, torch.zeros_like(groups), (groups - mean) / (std + 1e-8)).float().view(-1)
 
 

@@ -213,6 +213,7 @@ HEADROOM_KEYS = [
     ("val/vote_at_k", "vote@k"),
     ("val/uniform_groups", "val groups all right or all wrong"),
     ("rl/zero_advantage_groups", "rollout groups with one reward"),
+    ("rl/informative_groups", "updated groups with differing rewards"),
     ("rl/distinct_chains", "distinct chains / group"),
     ("rl/distinct_valid_chains", "distinct valid chains / group"),
     ("rl/distinct_answers", "distinct answers / group"),
@@ -253,7 +254,7 @@ def headroom_markdown(rows: list[dict]) -> str:
         cells = [r["run"]]
         for key, _ in keys:
             value = r.get(key)
-            scale = 100 if key.startswith("val/") or key == "rl/zero_advantage_groups" else 1
+            scale = 100 if key.startswith("val/") or key.endswith("_groups") else 1
             cells.append("-" if value is None else f"{scale * value:.1f}" if scale == 100 else f"{value:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return (
@@ -261,7 +262,8 @@ def headroom_markdown(rows: list[dict]) -> str:
         "Validation at the end of each run (a frozen control's policy is its start's): greedy (mu latents) accuracy, "
         "then k samples per question: pass@1, pass@k, the majority vote and the share of questions whose k samples "
         "are all right or all wrong (GRPO learns nothing from those), in %. Then the run's rollouts, averaged over its "
-        "steps: the share of groups whose rewards are all equal, and per group the distinct chains (decoded latent "
+        "steps: the share of groups whose rewards are all equal, the share of the groups an update used whose rewards "
+        "differ (dynamic sampling, rl.oversample, raises it), and per group the distinct chains (decoded latent "
         "steps, or written steps), valid chains (every step true and an intermediate result of the gold CoT: the "
         "equivalent orders) and answers; the latent noise's norm over mu's.\n\n" + "\n".join(lines) + "\n"
     )
