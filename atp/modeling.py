@@ -3,7 +3,7 @@
 The built tokenizer is a small BPE over the training text with each digit its own
 token and spaces kept as `▁` (Metaspace), so decoding round-trips exactly. A
 pretrained tokenizer gets the pipeline's special tokens added, and their new
-embeddings start from the embedding of `"<<"` (method.md section 3).
+embeddings start from the embedding of `"<<"` (docs/method.md, section 3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rewards of the RL stage (method.md section 6): pure functions, registered by name.
+"""Rewards of the RL stage (docs/method.md, section 6): pure functions, registered by name.
 
 Each reward is `fn(completions, **columns) -> list[float]`, one value per
 completion (TRL's convention): `completions` are the answer texts decoded after
@@ -65,7 +65,7 @@ def _raw_result(step: str) -> str | None:
 
 
 def step_coherence(steps: list[str], answer: str | None, rule: str = "strict") -> float:
-    """Share of latent steps whose result is used later (method.md section 6); 1 without steps.
+    """Share of latent steps whose result is used later (docs/method.md, section 6); 1 without steps.
 
     strict (default): a step is an equation as `atp.text.parse_equation` reads it (any number of
     operands and parentheses; a truncated or wrapped step is not one, and is incoherent); its result is

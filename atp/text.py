@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 ANSWER_MARKER = "###"
-# Latent markers as in the paper's code (method.md section 2).
+# Latent markers as in the paper's code (docs/method.md, section 2).
 BOT = "<|start-latent|>"
 LATENT = "<|latent|>"
 EOT = "<|end-latent|>"

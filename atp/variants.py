@@ -1,4 +1,4 @@
-"""The latent variants: what each latent method puts into its slots and what it trains (method.md section 5).
+"""The latent variants: what each latent method puts into its slots and what it trains (docs/method.md, section 5).
 
 Plain data without torch, so that the config checks (run when Snakemake parses the workflow)
 can read it without importing torch; `atp.latent` builds the modules from it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU run of issue 13: the device check (scripts/gpu_check.sh, Llama-3.2-1B shapes, about 2-3
+# The prepared GPU run: the device check (scripts/gpu_check.sh, Llama-3.2-1B shapes, about 2-3
 # minutes) and then config/gpu_miniature.yaml through Snakemake on the same GPU, timed, with the device's memory
 # and utilisation sampled every second. What it measured lands in $GPU_RUN_OUT (default: $OUT when set, else
 # results/gpu_run/): gpu_check.json, snakemake.log, nvidia-smi.csv, the run's table.md, benchmarks and logs,

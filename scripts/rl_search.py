@@ -1,7 +1,7 @@
 """Run RL settings from one starting model side by side and collect their validation accuracy.
 
-    python scripts/rl_search.py --grid docs/search/rl-grid.jsonl --init results/default/train/atp/seed0/model \
-        --data-dir results/default/data --root /tmp/rl_search --out docs/search/rl-results.jsonl --lanes 2
+    python scripts/rl_search.py --grid docs/experiments/rl-grid.jsonl --init results/default/train/atp/seed0/model \
+        --data-dir results/default/data --root /tmp/rl_search --out docs/experiments/rl-results.jsonl --lanes 2
 
 Each grid line: {"name", "train": {...}, "rl": {...}}, overrides merged over the `--method`
 of config/config.yaml (atp_rl from an ATP-Latent (SFT) model, cot_rl from a CoT-SFT model).

@@ -2,13 +2,14 @@
 
     # 1. the grid (one CoT-SFT model per width, then every method x budget x seed from it):
     python scripts/scaling_study.py grid --data D4 --widths 64 96 --budgets 1 2 4 --seeds 0 1 \
-        > docs/search/scaling-grid.jsonl
-    python scripts/run_grid.py --grid docs/search/scaling-grid.jsonl --root /tmp/grid --out docs/search/scaling-results.jsonl
+        > docs/experiments/scaling-grid.jsonl
+    python scripts/run_grid.py --grid docs/experiments/scaling-grid.jsonl --root /tmp/grid \
+        --out docs/experiments/scaling-results.jsonl
     # 2. the table and the plot (validation accuracy only):
-    python scripts/scaling_study.py plot --results docs/search/scaling-results.jsonl --out docs/scaling
+    python scripts/scaling_study.py plot --results docs/experiments/scaling-results.jsonl --out docs/scaling
 
 A budget of k is k x 1200 optimizer steps of 16 and 300 steps per curriculum stage before the last (the
-latent stage of sessions 2-7; config/config.yaml's default is now 4x); the controls (pause, No-CoT
+default latent stage until commit dec1cdb; config/config.yaml's default is now 4x); the controls (pause, No-CoT
 fine-tuning) get the same number of steps from the same CoT model, so a margin compares equal training.
 The plot's x axis is latent-stage optimizer steps, one line per method and width; a line that crosses 0
 is where latent reasoning starts to beat its controls. Accuracy is the sampled-latent one where a method
@@ -173,7 +174,7 @@ def main() -> None:
         type=json.loads,
         default={},
         help="JSON: latent settings for every method but No-CoT FT, e.g. the default config's "
-        '\'{"head": "residual", "decoder_weight": 0.1}\' (absent: the paper\'s head and decoder weight, as sessions 5-7 ran)',
+        '\'{"head": "residual", "decoder_weight": 0.1}\' (absent: the paper\'s head and decoder weight, as the first grids ran)',
     )
     g.add_argument("--methods", nargs="+", default=list(CONTROLS + METHODS), choices=CONTROLS + METHODS)
     g.add_argument("--tag", default="", help="suffix of the method names, naming a --latent setting (e.g. residual_dec01)")

@@ -3,7 +3,7 @@
     python scripts/suite_twins.py --data-dir results/default/data \
         --model results/default/train/cot_sft/seed0/model \
         --candidate 'hard:q20={"min_ops": 2, "max_quantity": 20, "max_result": 120}' \
-        --out docs/search/suites.jsonl
+        --out docs/experiments/suites.jsonl
 
 Each candidate `<suite>:<label>=<JSON overrides>` is drawn as that suite's *twin*
 (`atp.data.synthetic.twin_name`: the suite's settings, another random stream, the

@@ -49,7 +49,7 @@ def tiny_config(**overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    """(config, splits, tokenizer) for the tiny config, built once per session."""
+    """(config, splits, tokenizer) for the tiny config, built once per test run."""
     from atp.stages.prepare_data import build_splits, make_tokenizer
 
     cfg = tiny_config()

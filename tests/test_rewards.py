@@ -1,4 +1,4 @@
-"""Rewards of the RL stage: example-based tests of each pure function (method.md section 6)."""
+"""Rewards of the RL stage: example-based tests of each pure function (docs/method.md, section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The search and benchmark scripts run (so that what docs/miniature.md reports can be rerun)."""
+"""The search and benchmark scripts run (so that what docs/experiments/README.md reports can be rerun)."""
 
 from __future__ import annotations
 

@@ -111,7 +111,10 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
 def test_a_second_run_from_scratch_gives_the_same_bytes_and_another_seed_does_not(pipeline, tmp_path):
     again = tmp_path / "again"
     shutil.copytree(ROOT / "config", again / "config")
-    snakemake(again)
+    finished = snakemake(again)
+    # The closing message links MLflow's runs view (a fresh browser on MLflow 3.x lands on its GenAI overview).
+    experiment = json.loads((again / "results" / "test" / "tracking" / "parent_run.json").read_text())["experiment_id"]
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment}/runs" in finished.stdout + finished.stderr
     produced = ("metrics.json", "history.jsonl", "predictions.jsonl", "table.md", "table.csv", "card.json", "train.jsonl")
     files = sorted(
         p.relative_to(pipeline)

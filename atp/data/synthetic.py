@@ -4,7 +4,7 @@ A problem is a tree of K binary operations (+, -, *, exact /) over integer
 quantities. Every operation is a sentence about one person's count of one kind
 of object; leaves are numbers in the text. Its equivalent CoT labels are every
 topological order of the operations times every operand swap of + and *; each
-record carries ONE of them, chosen at random (method.md section 8), plus how many
+record carries ONE of them, chosen at random (docs/method.md, section 2), plus how many
 distinct labels it had.
 
 Suites mirror the paper's benchmarks: `test` (in-distribution), `hard` (larger

@@ -3,7 +3,7 @@
 A question is followed by `<bot>`, then latent *slots* whose input embeddings are
 computed, slot by slot, from the hidden state just before them (the multi-pass
 latent loop, reusing the KV cache), then `<eot>` and the text. Variants differ in
-what goes into a slot (method.md section 5):
+what goes into a slot (docs/method.md, section 5):
 
 | variant      | slot input                  | KL | step decoder | stop head | surplus slots      |
 |--------------|-----------------------------|----|--------------|-----------|--------------------|

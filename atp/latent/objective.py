@@ -135,7 +135,7 @@ def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tens
 
 
 class LatentObjective:
-    """The latent-SFT loss of method.md section 5, normalised over the effective batch.
+    """The latent-SFT loss of docs/method.md, section 5, normalised over the effective batch.
 
     CE per target token + beta * KL per latent dimension + decoder_weight * decoder CE
     per latent step (summed over its tokens) + stop CE per step boundary. The curriculum stage comes

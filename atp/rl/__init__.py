@@ -1,4 +1,4 @@
-"""GRPO over latent trajectories (method.md section 6).
+"""GRPO over latent trajectories (docs/method.md, section 6).
 
 A trajectory is everything the policy sampled for one question: the Gaussian
 latents z of the slots it reached, its stop decisions at step boundaries and its

@@ -1,4 +1,4 @@
-"""RL with the coherence reward: GRPO over latent trajectories (method.md section 6), or over written CoT.
+"""RL with the coherence reward: GRPO over latent trajectories (docs/method.md, section 6), or over written CoT.
 
     python -m atp.stages.rl --config job.yaml --method atp_rl --seed 0 \
         --data-dir results/<exp>/data --out-dir results/<exp>/train/atp_rl/seed0 \

@@ -158,8 +158,13 @@ def finished_message():
     """Where a finished run left its results (printed by `onsuccess`)."""
     uri = config["mlflow"]["tracking_uri"]
     store = uri if "://" in uri else f"sqlite:///{os.path.abspath(uri)}"
+    parent = f"results/{EXP}/tracking/parent_run.json"
+    # A fresh browser on MLflow 3.x lands on its GenAI overview: link the runs view itself.
+    experiment = json.load(open(parent)).get("experiment_id") if os.path.exists(parent) else None
+    runs = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs" if experiment else "http://127.0.0.1:5000"
     return (
         f"\nDone. Results table: results/{EXP}/table.md (and .csv); data card: results/{EXP}/data/card.md;"
         f"\nlogs: results/{EXP}/logs/; MLflow store: {store}"
-        f"\nOpen it with: mlflow ui --backend-store-uri {store} --host 127.0.0.1"
+        f"\nOpen it with: mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
+        f"\nthen browse the runs at {runs}"
     )
