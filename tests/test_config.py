@@ -129,7 +129,7 @@ def test_the_default_config_restates_no_default():
     """config/config.yaml holds what the miniature sets differently (its splits and methods aside): one value, one place."""
     raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     defaults = resolve({})
-    definition = (["methods"], ["data", "train"], ["data", "val"], ["data", "suites"])
+    definition = (["methods"], ["data", "train"], ["data", "val"], ["data", "rl"], ["data", "suites"])
 
     def repeats(section, default, path):
         for key, value in section.items():

@@ -1,4 +1,4 @@
-"""config/gpu_miniature.yaml, the GPU-sized miniature (issue 13): its sizing claims and its dry run (no GPU needed)."""
+"""config/gpu_miniature.yaml, the GPU-sized miniature: its sizing claims and its dry run (no GPU needed)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def backbone_parameters(cfg: dict) -> int:
 def test_the_gpu_miniature_is_about_a_thousand_times_the_cpu_miniature_at_width_96_in_bf16():
     """The header's numbers: tens of millions of parameters, ~1000x the compute of CoT-SFT and of the scaling study's
     1x latent stage at width 96, the unit it was sized against (the default's latent stage is its 4x: ~250x that;
-    the default's own backbone, width 128 since session 10, is 1.18M)."""
+    the default's own backbone, width 128 since 2026-12-01, is 1.18M)."""
     from atp.config import method_rl, method_train
 
     default, gpu = configs()
@@ -85,9 +85,10 @@ def test_the_gpu_miniature_dry_runs_every_method_one_gpu_job_at_a_time_per_slot(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = job_counts(done.stdout)
-    # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent, three RL runs, CoT + RL and the two frozen controls.
-    assert counts["train"] == 13 and counts["evaluate"] == 11 and counts["prepare_data"] == 1 and counts["table"] == 1
+    # CoT-SFT, No-CoT, both controls, Coconut, SIM-CoT, ATP-Latent and its CVAE policy, four RL runs, CoT + RL and the
+    # three frozen controls.
+    assert counts["train"] == 16 and counts["evaluate"] == 13 and counts["prepare_data"] == 1 and counts["table"] == 1
     # gpu=1 per job: atp.launch runs `python -m atp.stages.<stage>` in one process, not accelerate.
-    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 13
+    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 16
     assert "results/gpu_miniature/train/atp/seed0/model" in done.stdout
     assert not (tmp_path / "results").exists()  # a dry run
