@@ -82,7 +82,7 @@ def render(ref_dir: Path) -> str:
     seed_note = f"mean ± std over {seeds} training seeds" if seeds > 1 else "one training seed"
     caption = (
         f"Test accuracy (%) on the four suites, {seed_note}; tokens: generated per question, the paper's count. "
-        f"Run of {run['date']} at commit {run['commit']}{' (uncommitted changes)' if run.get('dirty') else ''}, "
+        f"Run of {run['date']} at commit {run['commit'][:7]}{' (uncommitted changes)' if run.get('dirty') else ''}, "
         f"{duration(run['seconds'])} of Snakemake on {run['machine']}. Full table: [{source}/table.md]({source}/table.md)."
     )
     return "\n".join([BEGIN.format(source=source), "", *lines, "", caption, END])

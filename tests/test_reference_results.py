@@ -54,3 +54,8 @@ def test_the_readme_block_is_rendered_from_the_reference_and_a_changed_figure_is
     (out / "table.csv").write_text(TABLE_CSV.replace("80.25", "81.25"))
     assert ref.readme_block(updated) != ref.render(out)
 
+
+def test_the_readme_table_equals_its_reference():
+    """The README quotes no figure the committed reference does not hold: rerun `python -m atp.reference_results
+    readme` after saving a new reference run."""
+    assert ref.main(["readme", "--check"]) == 0
