@@ -53,4 +53,3 @@ def test_the_readme_block_is_rendered_from_the_reference_and_a_changed_figure_is
     assert ref.readme_block(updated) == block and updated.endswith("\n\nAfter.\n") and "stale" not in updated
     (out / "table.csv").write_text(TABLE_CSV.replace("80.25", "81.25"))
     assert ref.readme_block(updated) != ref.render(out)
-

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from atp.config import LatentConfig
 from atp.latent.cache import next_pass, replayable_cache
-from atp.latent.layout import ACTIVE, MASKED, LatentConfig, step_boundaries
+from atp.latent.layout import ACTIVE, MASKED, step_boundaries
 from atp.text import BOT, EOT, LATENT
 
 if TYPE_CHECKING:
