@@ -5,8 +5,9 @@ workflow (workflow/rules/common.smk) as for stages run by hand and for tests.
 Each section is defined once; a method's overrides of `train`, `latent` and `rl`
 are checked against that same definition with defaults and requirements stripped
 (`overrides`), so a nested typo fails before any job and an override sets only
-what it names. The config dataclasses keep Python defaults for use from code;
-tests/test_config.py checks they equal the schema's. Each job gets a *job
+what it names. The config dataclasses below take each field's default and
+description from the schema (`setting`), and their `__post_init__` rules are the
+cross-key checks, run once per method by `check` before any job. Each job gets a *job
 config*: the pipeline config cut down to what that job reads, so that changing
 one stage's setting reruns only that stage and what depends on it. Stages turn
 the sections they read into frozen dataclasses.
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +144,8 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'methods.{name}.variant': only latent_sft methods take a variant or latent settings")
         if method["stage"] != "rl" and method.get("rl"):
             raise ConfigError(f"config key 'methods.{name}.rl': only rl methods take rl settings")
+        if method["stage"] == "latent_sft":
+            to_dataclass(LatentConfig, {**method_latent(config, name), "variant": method["variant"]}, f"methods.{name}.latent")
         if method["stage"] == "rl":
             check_rl(config, name)
         train = {**config["train"], **method.get("train", {})}
@@ -187,11 +191,8 @@ def check_rl(config: dict, name: str) -> None:
             "(variant atp or atp_no_stop) or from a CoT sft method (token-level GRPO on written CoT)"
         )
     rl = method_rl(config, name)
-    if (rl["questions"] * rl["group_size"]) % rl["minibatch_size"]:
-        raise ConfigError(
-            f"config key 'methods.{name}.rl.minibatch_size': {rl['minibatch_size']} does not divide questions x "
-            f"group_size = {rl['questions'] * rl['group_size']}"
-        )
+    to_dataclass(RewardConfig, rl.get("rewards") or {}, f"methods.{name}.rl.rewards")
+    to_dataclass(RLConfig, rl, f"methods.{name}.rl")
 
 
 def check_pipeline(config: dict) -> None:
@@ -371,34 +372,68 @@ def to_dataclass(cls, values: dict, where: str):
     try:
         return cls(**{k: values[k] for k in names if k in values})
     except (TypeError, ValueError) as exc:
+        # a rule's message opens with the field it concerns ("minibatch_size: ..."): name that key
+        name, _, rest = str(exc).partition(": ")
+        if name in names and rest:
+            raise ConfigError(f"config key '{where}.{name}': {rest}") from None
         raise ConfigError(f"config key '{where}': {exc}") from None
+
+
+@functools.cache
+def _read_schema() -> dict:
+    """The schema, read once for the dataclasses' fields (read only: `_schema()` gives a fresh copy to change)."""
+    return _schema()
+
+
+@functools.cache
+def schema_defaults() -> dict:
+    """Every section's defaults as the schema states them (the config `resolve({})` fills in, before any check)."""
+    config: dict = {}
+    for _ in _validator(_read_schema()).iter_errors(config):
+        pass
+    return config
+
+
+def setting(section: str, name: str):
+    """A config dataclass field whose default and description are the schema's `<section>.<name>` (the one place
+    of both; `section` may be nested, as `rl.rewards`)."""
+    schema = _read_schema()
+    default, node = schema_defaults(), schema
+    for part in section.split("."):
+        default, node = default[part], node["properties"][part]
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rpartition("/")[2]]
+    value, meta = default[name], {"description": node["properties"][name].get("description", "")}
+    if isinstance(value, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(value), metadata=meta)
+    return field(default=value, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings (see the schema's `train` for each field)."""
+    """Optimisation settings: the `train` section (each field's default and description are the schema's)."""
 
-    steps: int
-    batch_size: int
-    micro_batch_size: int | None
-    lr: float
-    weight_decay: float
-    warmup_ratio: float
-    min_lr_ratio: float
-    grad_clip: float
-    max_length: int
-    log_every: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    val_samples: int
-    bf16: bool
-    gradient_checkpointing: bool = False
+    steps: int = setting("train", "steps")
+    batch_size: int = setting("train", "batch_size")
+    micro_batch_size: int | None = setting("train", "micro_batch_size")
+    lr: float = setting("train", "lr")
+    weight_decay: float = setting("train", "weight_decay")
+    warmup_ratio: float = setting("train", "warmup_ratio")
+    min_lr_ratio: float = setting("train", "min_lr_ratio")
+    grad_clip: float = setting("train", "grad_clip")
+    max_length: int = setting("train", "max_length")
+    log_every: int = setting("train", "log_every")
+    checkpoint_every: int = setting("train", "checkpoint_every")
+    keep_checkpoints: int = setting("train", "keep_checkpoints")
+    val_samples: int = setting("train", "val_samples")
+    bf16: bool = setting("train", "bf16")
+    gradient_checkpointing: bool = setting("train", "gradient_checkpointing")
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ValueError(f"steps: must be >= 1, got {self.steps}")
 
     def accumulation(self, world_size: int) -> tuple[int, int]:
         """(micro batch per process, accumulation steps) giving exactly `batch_size` per step."""
@@ -413,13 +448,153 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int
-    max_new_tokens: int
-    limit: int | None
-    samples: int
-    max_answer_tokens: int
-    bf16: bool = False
-    vote: int = 0  # latent models with sampled latents: chains per question for a majority vote (0 = off)
+    """Evaluation settings: the `eval` section."""
+
+    batch_size: int = setting("eval", "batch_size")
+    max_new_tokens: int = setting("eval", "max_new_tokens")
+    limit: int | None = setting("eval", "limit")
+    samples: int = setting("eval", "samples")
+    max_answer_tokens: int = setting("eval", "max_answer_tokens")
+    bf16: bool = setting("eval", "bf16")
+    vote: int = setting("eval", "vote")
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    """Settings of the latent stage: the `latent` section with the method's overrides, and the method's variant."""
+
+    variant: str = "atp"  # the method's (methods.<name>.variant), not the section's
+    c: int = setting("latent", "c")
+    max_steps: int = setting("latent", "max_steps")
+    beta: float = setting("latent", "beta")
+    decoder_weight: float = setting("latent", "decoder_weight")
+    rescale: str = setting("latent", "rescale")
+    scale: float = setting("latent", "scale")
+    head_hidden: int | None = setting("latent", "head_hidden")
+    head: str = setting("latent", "head")
+    choice: int = setting("latent", "choice")
+    posterior: bool = setting("latent", "posterior")
+    decoder: dict = setting("latent", "decoder")
+    stage_steps: int = setting("latent", "stage_steps")
+    stage_mix: float = setting("latent", "stage_mix")
+    decode_tokens: int = setting("latent", "decode_tokens")
+
+    def __post_init__(self) -> None:
+        from atp.variants import VARIANTS
+
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: unknown latent variant {self.variant!r} (one of {', '.join(VARIANTS)})")
+        if self.c < 1 or self.max_steps < 1:
+            raise ValueError("c and max_steps must be at least 1")
+        if self.rescale not in ("none", "embedding_norm"):
+            raise ValueError(f"rescale: must be 'none' or 'embedding_norm', not {self.rescale!r}")
+        if self.head not in ("mlp", "residual"):
+            raise ValueError(f"head: must be 'mlp' or 'residual', not {self.head!r}")
+        if self.choice < 0:
+            raise ValueError(f"choice: must be >= 0, got {self.choice}")
+        if self.posterior and not (self.choice and self.spec.feed in ("sample", "mu") and self.spec.kl):
+            raise ValueError("posterior: needs latent.choice > 0 and a variant with sampled latents and a KL (atp)")
+
+    @property
+    def spec(self):
+        """The variant's definition (atp.variants.Variant)."""
+        from atp.variants import VARIANTS
+
+        return VARIANTS[self.variant]
+
+    @property
+    def decoder_copies_backbone(self) -> bool:
+        """`latent.decoder.copy_backbone`: the step decoder is a copy of the backbone (absent: false, the small decoder)."""
+        return bool(self.decoder.get("copy_backbone", False))
+
+    @property
+    def slots(self) -> int:
+        return self.c * self.max_steps
+
+    def stage(self, step: int) -> int:
+        """Curriculum stage (latent steps) at optimizer step `step`; the last stage is max_steps."""
+        if self.stage_steps <= 0:
+            return self.max_steps
+        return min(self.max_steps, 1 + step // self.stage_steps)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the total reward: the `rl.rewards` section."""
+
+    correct: float = setting("rl.rewards", "correct")
+    format: float = setting("rl.rewards", "format")
+    coherence: float = setting("rl.rewards", "coherence")
+    coherence_times_correct: bool = setting("rl.rewards", "coherence_times_correct")
+    coherence_rule: str = setting("rl.rewards", "coherence_rule")
+
+    def __post_init__(self) -> None:
+        if self.coherence_rule not in ("strict", "substring"):
+            raise ValueError(f"coherence_rule: must be 'strict' or 'substring', not {self.coherence_rule!r}")
+
+    @property
+    def needs_gold(self) -> bool:
+        return self.correct != 0 or (self.coherence != 0 and self.coherence_times_correct)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Settings of the RL stage: the `rl` section (optimiser settings come from `train`)."""
+
+    questions: int = setting("rl", "questions")
+    group_size: int = setting("rl", "group_size")
+    minibatch_size: int = setting("rl", "minibatch_size")
+    epochs: int = setting("rl", "epochs")
+    oversample: int = setting("rl", "oversample")
+    clip_eps: float = setting("rl", "clip_eps")
+    log_ratio_clamp: float = setting("rl", "log_ratio_clamp")
+    kl_coef: float = setting("rl", "kl_coef")
+    temperature: float = setting("rl", "temperature")
+    latent_temperature: float = setting("rl", "latent_temperature")
+    max_answer_tokens: int = setting("rl", "max_answer_tokens")
+    max_cot_tokens: int = setting("rl", "max_cot_tokens")
+    trajectories_every: int = setting("rl", "trajectories_every")
+    trajectories_logged: int = setting("rl", "trajectories_logged")
+    loss: str = setting("rl", "loss")
+    latent_logp: str = setting("rl", "latent_logp")
+    latent_weight: float = setting("rl", "latent_weight")
+    answer_weight: float = setting("rl", "answer_weight")
+    frozen: bool = setting("rl", "frozen")
+    pass_k: int = setting("rl", "pass_k")
+    diagnostics_every: int = setting("rl", "diagnostics_every")
+    rewards: dict | None = None  # the `rl.rewards` section; None: RewardConfig's defaults
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size: must be at least 2 (a group-normalised advantage needs two rollouts), got {self.group_size}"
+            )
+        if self.pass_k == 1 or self.pass_k < 0:
+            raise ValueError(f"pass_k: must be 0 (off) or at least 2, got {self.pass_k}")
+        if self.questions < 1 or self.minibatch_size < 1 or self.epochs < 1 or self.oversample < 1:
+            raise ValueError("questions, minibatch_size, epochs and oversample must be at least 1")
+        if (self.questions * self.group_size) % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size: {self.minibatch_size} does not divide questions x group_size = "
+                f"{self.questions * self.group_size}"
+            )
+        if self.temperature <= 0 or self.latent_temperature <= 0:
+            raise ValueError(f"temperature and latent_temperature must be > 0, got {self.temperature}, {self.latent_temperature}")
+        if self.loss not in ("sequence", "action"):
+            raise ValueError(f"loss: must be 'sequence' or 'action', not {self.loss!r}")
+        if self.latent_logp not in ("sum", "mean"):
+            raise ValueError(f"latent_logp: must be 'sum' or 'mean', not {self.latent_logp!r}")
+        if self.latent_weight < 0 or self.answer_weight < 0:
+            raise ValueError(f"latent_weight and answer_weight must be >= 0, got {self.latent_weight}, {self.answer_weight}")
+
+    @property
+    def rollouts(self) -> int:
+        """Trajectories an update pass sees a step (dynamic sampling rolls out `oversample` times as many)."""
+        return self.questions * self.group_size
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.epochs * self.rollouts // self.minibatch_size
 
 
 if __name__ == "__main__":  # python -m atp.config config/config.yaml [overlay.yaml ...]: every key, defaults filled in

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from atp.config import RewardConfig  # noqa: F401  (the `rl.rewards` section, with the other config classes)
 from atp.text import ANSWER_MARKER, numbers_equal, parse_answer, parse_equation
 
 REWARDS: dict[str, Callable[..., list[float]]] = {}
@@ -118,25 +118,6 @@ def coherence(completions: list[str], steps: list[list[str]], rule: str = "stric
     [1.0, 0.5]
     """
     return [step_coherence(s, parse_answer(text), rule) for text, s in zip(completions, steps)]
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """Weights of the total reward (the `rl.rewards` config section)."""
-
-    correct: float = 1.0
-    format: float = 0.5
-    coherence: float = 0.1
-    coherence_times_correct: bool = True  # the paper: lambda * coherence * correct
-    coherence_rule: str = "strict"  # strict | substring (the paper's code)
-
-    def __post_init__(self) -> None:
-        if self.coherence_rule not in ("strict", "substring"):
-            raise ValueError(f"coherence_rule must be 'strict' or 'substring', not {self.coherence_rule!r}")
-
-    @property
-    def needs_gold(self) -> bool:
-        return self.correct != 0 or (self.coherence != 0 and self.coherence_times_correct)
 
 
 def total(completions: list[str], answers: list[str] | None, steps: list[list[str]], cfg: RewardConfig) -> dict[str, list[float]]:

@@ -287,7 +287,7 @@ def timed_train(model, items, cfg, dist, objective, meter, warmup: int, lengths_
 def train_config(args, steps: int):
     from atp.config import TrainConfig
 
-    return TrainConfig(
+    return TrainConfig(  # the schema's defaults but for the shapes and a run that writes no checkpoint
         steps=steps,
         batch_size=args.batch,
         micro_batch_size=args.micro_batch,
@@ -295,7 +295,6 @@ def train_config(args, steps: int):
         weight_decay=0.01,
         warmup_ratio=0.0,
         min_lr_ratio=1.0,
-        grad_clip=1.0,
         max_length=4096,
         log_every=1,
         checkpoint_every=10**9,

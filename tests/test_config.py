@@ -2,7 +2,7 @@
 
 import re
 import subprocess
-from dataclasses import MISSING, fields
+from dataclasses import fields
 
 import pytest
 import yaml
@@ -89,40 +89,36 @@ def test_a_nested_override_typo_fails_the_dry_run_naming_the_key(tmp_path):
     assert not (tmp_path / "results").exists()  # before any job
 
 
-def _python_defaults(cls) -> dict:
-    """A dataclass's Python defaults (fields without one left out: the schema's default is the only one)."""
-    out = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
-    return out
+def test_the_config_dataclasses_take_their_defaults_and_descriptions_from_the_schema():
+    """One place of defaults: every field of a config dataclass is a key of its section, with the schema's default
+    and description (the method's variant aside), and a built instance holds what the schema says."""
+    from atp.config import LatentConfig, RewardConfig, RLConfig, schema_defaults
 
-
-def test_the_config_dataclasses_agree_with_the_schema():
-    """The dataclasses keep Python defaults for use from code; they must be the schema's, field for field."""
-    from atp.latent import LatentConfig
-    from atp.rewards import RewardConfig
-    from atp.rl import RLConfig
-
-    defaults = resolve({})
+    defaults = schema_defaults()
     sections = [
-        (LatentConfig, defaults["latent"], {"variant"}),  # the variant is the method's, not the section's
-        (RLConfig, defaults["rl"], set()),
-        (RewardConfig, defaults["rl"]["rewards"], set()),
-        (TrainConfig, defaults["train"], set()),
-        (EvalConfig, defaults["eval"], set()),
+        (LatentConfig, "latent", {"variant"}),  # the variant is the method's, not the section's
+        (RLConfig, "rl", {"rewards"}),  # RewardConfig's own section
+        (RewardConfig, "rl.rewards", set()),
+        (TrainConfig, "train", set()),
+        (EvalConfig, "eval", set()),
     ]
-    for cls, section, extra in sections:
-        assert {f.name for f in fields(cls)} - extra == set(section), cls.__name__
-        python = _python_defaults(cls)
-        if cls is RLConfig:
-            assert python.pop("rewards") is None  # None: RewardConfig's defaults, checked on their own
-        for name, value in python.items():
-            if name not in extra:
-                where = f"{cls.__name__}.{name}: {value!r} != {section[name]!r}"
-                assert value == section[name] and type(value) is type(section[name]), where
+    for cls, path, extra in sections:
+        section = defaults
+        for part in path.split("."):
+            section = section[part]
+        assert {f.name for f in fields(cls)} - extra == set(section) - extra, cls.__name__
+        built = cls()
+        for f in fields(cls):
+            if f.name not in extra:
+                assert getattr(built, f.name) == section[f.name] and f.metadata["description"], f"{cls.__name__}.{f.name}"
+    assert RLConfig().rewards is None and LatentConfig().decoder is not LatentConfig().decoder  # no shared dict
+
+
+def test_a_latent_rule_fails_the_config_naming_the_key():
+    """A rule across latent keys is checked once, by LatentConfig, and already at config time."""
+    bad = {"methods": {**NESTED, "atp": {**NESTED["atp"], "latent": {"posterior": True}}}}
+    with pytest.raises(ConfigError, match=r"config key 'methods.atp.latent.posterior': needs latent.choice > 0"):
+        resolve(bad)
 
 
 def test_the_default_config_restates_no_default():

@@ -162,7 +162,7 @@ def test_the_residual_head_starts_at_the_hidden_state_and_the_papers_head_does_n
     assert torch.equal(residual.latent(h, None, mode="mu")["mu"], h)
     paper, _, _ = make(tiny_data, "atp_no_vae")
     assert not torch.allclose(paper.latent(h, None, mode="mu")["mu"], h)
-    with pytest.raises(ValueError, match="latent.head"):
+    with pytest.raises(ValueError, match="head: must be"):
         LatentConfig(head="resid")
 
 

@@ -26,16 +26,14 @@ cached loop), `objective` (the latent-SFT loss), `io` (saving and loading), `ref
 the cache, for the tests and the benchmark). The names below are the public ones.
 """
 
+from atp.config import LatentConfig
 from atp.latent.io import is_latent, load_latent, save_latent
 from atp.latent.layout import (
     ABSENT,
     ACTIVE,
     MASKED,
-    VARIANTS,
-    LatentConfig,
     LatentRecord,
     Layout,
-    Variant,
     encode_latent_records,
     layout,
     step_boundaries,
@@ -43,6 +41,7 @@ from atp.latent.layout import (
 from atp.latent.objective import LatentBatch, LatentObjective, make_batch
 from atp.latent.reasoner import LatentReasoner, SlotRun, answer_ids
 from atp.train import IGNORE  # one definition, shared with the token objective
+from atp.variants import VARIANTS, Variant
 
 __all__ = [
     "ABSENT",

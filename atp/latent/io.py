@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from atp.latent.layout import LatentConfig
+from atp.config import LatentConfig
 from atp.latent.reasoner import LatentReasoner
 
 

@@ -7,76 +7,13 @@ fewer slots).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from atp.variants import VARIANTS, Variant
+from atp.config import LatentConfig
 
 ACTIVE, MASKED, ABSENT = 1, 2, 0
-
-
-@dataclass(frozen=True)
-class LatentConfig:
-    """Settings of the latent stage (the `latent` config section, with the method's overrides)."""
-
-    variant: str = "atp"
-    c: int = 2  # latents per reasoning step
-    max_steps: int = 3  # S: at most S latent steps (c*S slots)
-    beta: float = 1e-3  # weight of the KL term
-    decoder_weight: float = 1.0  # weight of the step-decoder loss (the paper's is 1)
-    rescale: str = "none"  # none | embedding_norm: scale each fed-back vector to the mean token-embedding norm
-    scale: float = 1.0  # multiplies every fed-back vector (CoLaR's embedding-std factor)
-    head_hidden: int | None = None  # width of the latent and stop heads (None: the backbone's)
-    # mlp: mu = the latent head of h (the paper's); residual: mu = h + the head's correction, which starts at 0,
-    # so that the Gaussian is centred on the hidden state Coconut and SIM-CoT feed back
-    head: str = "mlp"
-    # The latent's randomness. 0 (the paper's): z ~ N(mu, sigma^2) over all d dimensions. k > 0: a choice variable
-    # c ~ N(mu_c, sigma_c^2) of k dimensions, and the latent z = m(h) + W c (m the head's mean, W learned): the policy
-    # explores in k directions, so that RL's score function has k dimensions of noise instead of d.
-    choice: int = 0
-    # With a choice variable: a true conditional VAE. In SFT a posterior that also sees the slot's target step (the
-    # mean embedding of the chosen label's step text) draws c, and the KL is between it and the latent head's prior;
-    # at inference and in RL c comes from the prior, which so picks a plan.
-    posterior: bool = False
-    # The step decoder: a small Llama of these sizes, or, with `copy_backbone: true`, a copy of the backbone (the paper's).
-    decoder: dict = field(default_factory=lambda: {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 128})
-    stage_steps: int = 300  # optimizer steps per curriculum stage before the last (the last gets the rest)
-    stage_mix: float = 0.0  # chance that an example is drawn at a random earlier curriculum stage
-    decode_tokens: int = 16  # longest step text decoded from one latent step
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown latent variant {self.variant!r} (one of {', '.join(VARIANTS)})")
-        if self.c < 1 or self.max_steps < 1:
-            raise ValueError("latent.c and latent.max_steps must be at least 1")
-        if self.rescale not in ("none", "embedding_norm"):
-            raise ValueError(f"latent.rescale must be 'none' or 'embedding_norm', not {self.rescale!r}")
-        if self.head not in ("mlp", "residual"):
-            raise ValueError(f"latent.head must be 'mlp' or 'residual', not {self.head!r}")
-        if self.choice < 0:
-            raise ValueError(f"latent.choice must be >= 0, got {self.choice}")
-        if self.posterior and not (self.choice and self.spec.feed in ("sample", "mu") and self.spec.kl):
-            raise ValueError("latent.posterior needs latent.choice > 0 and a variant with sampled latents and a KL (atp)")
-
-    @property
-    def spec(self) -> Variant:
-        return VARIANTS[self.variant]
-
-    @property
-    def decoder_copies_backbone(self) -> bool:
-        """`latent.decoder.copy_backbone`: the step decoder is a copy of the backbone (absent: false, the small decoder)."""
-        return bool(self.decoder.get("copy_backbone", False))
-
-    @property
-    def slots(self) -> int:
-        return self.c * self.max_steps
-
-    def stage(self, step: int) -> int:
-        """Curriculum stage (latent steps) at optimizer step `step`; the last stage is max_steps."""
-        if self.stage_steps <= 0:
-            return self.max_steps
-        return min(self.max_steps, 1 + step // self.stage_steps)
 
 
 @dataclass

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from atp.latent.layout import ABSENT, LatentConfig, LatentRecord, Layout, layout, step_boundaries
+from atp.config import LatentConfig
+from atp.latent.layout import ABSENT, LatentRecord, Layout, layout, step_boundaries
 from atp.train import IGNORE
 
 if TYPE_CHECKING:

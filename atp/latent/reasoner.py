@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from atp.config import LatentConfig
 from atp.latent.cache import next_pass, replayable_cache
-from atp.latent.layout import ACTIVE, MASKED, LatentConfig, step_boundaries
+from atp.latent.layout import ACTIVE, MASKED, step_boundaries
 from atp.text import BOT, EOT, LATENT
 
 if TYPE_CHECKING:
@@ -195,26 +196,34 @@ class LatentReasoner(nn.Module):
         elif spec.feed == "pause":
             z = self.pause.expand(h.shape[0], -1)
         else:
-            a = self.latent_trunk(h)
-            if self.cfg.choice:
-                return self._choice_latent(h, a, norm, mode, generator, forced, temperature, condition)
-            mu, logvar = self.mu_head(a), self.logvar_head(a).clamp(-12.0, 6.0)
-            if self.cfg.head == "residual":
-                mu = h + mu
-            if temperature != 1.0:
-                logvar = logvar + 2.0 * math.log(temperature)
-            out.update(mu=mu, logvar=logvar)
-            if forced is not None and spec.feed == "sample":
-                z = forced
-            elif spec.feed == "sample" and mode != "mu":
-                eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-                z = mu + torch.exp(0.5 * logvar) * eps
-            else:
-                z = mu
+            # The head and its Gaussian in fp32, also under bf16 autocast: with a trained head's small sigma (logvar
+            # near -8), a bf16 rounding of mu that differed between a rollout and its replay would move the
+            # log-density by many nats and clip actions that should not be.
+            with torch.autocast(h.device.type, enabled=False):
+                return self._gaussian_latent(h.float(), norm, mode, generator, forced, temperature, condition)
         out["z"] = z
         out["vector"] = z
         out["feed"] = self.feed_scale(z, norm)
         return out
+
+    def _gaussian_latent(self, h, norm, mode, generator, forced, temperature, condition) -> dict[str, torch.Tensor]:
+        """`latent` of the variants with a latent head: mu and logvar, and z drawn, given or mu."""
+        a = self.latent_trunk(h)
+        if self.cfg.choice:
+            return self._choice_latent(h, a, norm, mode, generator, forced, temperature, condition)
+        mu, logvar = self.mu_head(a), self.logvar_head(a).clamp(-12.0, 6.0)
+        if self.cfg.head == "residual":
+            mu = h + mu
+        if temperature != 1.0:
+            logvar = logvar + 2.0 * math.log(temperature)
+        if forced is not None and self.cfg.spec.feed == "sample":
+            z = forced.float()
+        elif self.cfg.spec.feed == "sample" and mode != "mu":
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = mu + torch.exp(0.5 * logvar) * eps
+        else:
+            z = mu
+        return {"mu": mu, "logvar": logvar, "z": z, "vector": z, "feed": self.feed_scale(z, norm)}
 
     def _choice_latent(self, h, a, norm, mode, generator, forced, temperature, condition) -> dict[str, torch.Tensor]:
         """`latent` with a choice variable c: prior N(mu_c, sigma_c^2) from the head, posterior from `condition`."""
@@ -232,7 +241,7 @@ class LatentReasoner(nn.Module):
             out.update(q_mu=q_mu, q_logvar=q_logvar)
             draw_mu, draw_logvar = q_mu, q_logvar
         if forced is not None and self.cfg.spec.feed == "sample":
-            c = forced
+            c = forced.float()
         elif self.cfg.spec.feed == "sample" and mode != "mu":
             eps = torch.randn(draw_mu.shape, generator=generator, device=draw_mu.device, dtype=draw_mu.dtype)
             c = draw_mu + torch.exp(0.5 * draw_logvar) * eps

@@ -27,12 +27,12 @@ same cached loop, so that before the first update the two agree.
 A language model can be the policy too (`tokens`: token-level GRPO on written CoT, the machinery's positive control):
 its actions are the tokens it writes, all in the "answer" term.
 
-The package: `config` (RLConfig), `policy` (trajectories, rollout, replay), `tokens` (the token policy),
+The package: `policy` (trajectories, rollout, replay), `tokens` (the token policy),
 `loss` (advantages, PPO-clip, gradient diagnostics), `update` (the PPO updates, synchronised over processes),
 `grpo` (one RL step and the task atp.train.run_loop runs). The names below are the public ones.
 """
 
-from atp.rl.config import RLConfig
+from atp.config import RLConfig
 from atp.rl.grpo import GRPOTask, check_world, freeze_decoder, grpo_step, reference_policy, rl_settings
 from atp.rl.loss import LATENT_ACTIONS, gradient_diagnostics, group_advantages, ppo_clip_loss
 from atp.rl.policy import Trajectories, gaussian_logp, is_token_policy, replay, rollout

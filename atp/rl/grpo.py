@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from atp.config import RLConfig
 from atp.latent import LatentReasoner
-from atp.rl.config import RLConfig
 from atp.rl.loss import gradient_diagnostics, group_advantages, uniform_groups
 from atp.rl.policy import replay, rollout
 from atp.rl.update import ppo_update

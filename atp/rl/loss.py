@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from atp.rl.config import RLConfig
+from atp.config import RLConfig
 from atp.rl.policy import Trajectories, replay
 
 

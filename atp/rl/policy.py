@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from atp.config import RLConfig
 from atp.latent import ACTIVE, MASKED, LatentReasoner, SlotRun, answer_ids, step_boundaries
-from atp.rl.config import RLConfig
 
 LOG_2PI = math.log(2 * math.pi)
 

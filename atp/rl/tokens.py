@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atp.rl.config import RLConfig
+from atp.config import RLConfig
 
 
 class TokenPolicy(nn.Module):
