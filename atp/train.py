@@ -1,4 +1,4 @@
-"""The training loop shared by the SFT stages: schedule, accumulation, checkpoints, resume.
+"""The training loop every stage runs (SFT, latent SFT and RL): schedule, accumulation, checkpoints, resume.
 
 The whole batch schedule is a pure function of (seed, data, step count), so a run
 resumed from a checkpoint sees exactly the batches the uninterrupted run would

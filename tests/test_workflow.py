@@ -103,7 +103,8 @@ def test_mlflow_has_a_parent_run_and_a_tagged_child_per_job(pipeline):
     assert [m.step for m in history] == [4, 8, 12]
     data = next(r for r in children if r.data.tags["stage"] == "data")
     suites = {"test", "hard", "easy", "varied"}
-    assert {d.dataset.name for d in data.inputs.dataset_inputs} == {"train", "val"} | suites | {f"twins/{s}" for s in suites}
+    own = {"train", "val", "rl"}  # the test config draws an RL split (data.rl) too
+    assert {d.dataset.name for d in data.inputs.dataset_inputs} == own | suites | {f"twins/{s}" for s in suites}
     artifacts = {a.path for a in client.list_artifacts(data.info.run_id)}
     assert {"card.json", "card.md"} <= artifacts
 
