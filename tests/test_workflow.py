@@ -224,7 +224,9 @@ def test_the_rl_stage_logs_rewards_and_trajectories_and_the_report_registers_the
     client = mlflow.MlflowClient(tracking_uri=parent["tracking_uri"])
     version = client.get_model_version_by_alias(registry["model_name"], "best")
     assert version.tags["method"] == "atp_rl"
-    rl_run = client.search_runs([parent["experiment_id"]], filter_string="tags.stage = 'rl'")[0]
+    rl_runs = client.search_runs([parent["experiment_id"]], filter_string="tags.stage = 'rl'")
+    # the atp_rl run itself (3 steps), not whichever RL run (cot_rl: 2 steps) the store lists first
+    rl_run = next(r for r in rl_runs if r.data.tags["method"] == "atp_rl")
     assert [m.step for m in client.get_metric_history(rl_run.info.run_id, "rewards/total/mean")] == [1, 2, 3]
     assert "trajectories" in {a.path for a in client.list_artifacts(rl_run.info.run_id)}
 
