@@ -88,21 +88,26 @@ def render(ref_dir: Path) -> str:
     return "\n".join([BEGIN.format(source=source), "", *lines, "", caption, END])
 
 
+def block_span(lines: list[str]) -> tuple[int, int]:
+    """(first, last) line index of the results block, both markers included."""
+    start = next((i for i, line in enumerate(lines) if line.startswith(BEGIN.split("{")[0])), None)
+    end = next((i for i, line in enumerate(lines) if line.startswith(END)), None)
+    if start is None or end is None:
+        raise ValueError("README.md has no results-table markers")
+    return start, end
+
+
 def replace_block(text: str, block: str) -> str:
     """`text` with its results block (between the markers) replaced by `block`."""
-    start = next((i for i, line in enumerate(text.splitlines()) if line.startswith(BEGIN.split("{")[0])), None)
-    if start is None or END not in text:
-        raise ValueError("README.md has no results-table markers")
     lines = text.splitlines(keepends=True)
-    end = next(i for i, line in enumerate(lines) if line.startswith(END))
+    start, end = block_span(lines)
     return "".join(lines[:start]) + block + "\n" + "".join(lines[end + 1 :])
 
 
 def readme_block(readme: str) -> str:
     """The results block as it stands in the README text (markers included)."""
     lines = readme.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(BEGIN.split("{")[0]))
-    end = next(i for i, line in enumerate(lines) if line.startswith(END))
+    start, end = block_span(lines)
     return "\n".join(lines[start : end + 1])
 
 

@@ -216,14 +216,17 @@ class LatentReasoner(nn.Module):
             mu = h + mu
         if temperature != 1.0:
             logvar = logvar + 2.0 * math.log(temperature)
-        if forced is not None and self.cfg.spec.feed == "sample":
-            z = forced.float()
-        elif self.cfg.spec.feed == "sample" and mode != "mu":
-            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = mu + torch.exp(0.5 * logvar) * eps
-        else:
-            z = mu
+        z = self._draw(mu, logvar, mode, generator, forced)
         return {"mu": mu, "logvar": logvar, "z": z, "vector": z, "feed": self.feed_scale(z, norm)}
+
+    def _draw(self, mu, logvar, mode, generator, forced) -> torch.Tensor:
+        """The latent (z, or the choice c) of a Gaussian head: the given one (RL's replay), a draw, or the mean."""
+        if forced is not None and self.cfg.spec.feed == "sample":
+            return forced.float()
+        if self.cfg.spec.feed == "sample" and mode != "mu":
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            return mu + torch.exp(0.5 * logvar) * eps
+        return mu
 
     def _choice_latent(self, h, a, norm, mode, generator, forced, temperature, condition) -> dict[str, torch.Tensor]:
         """`latent` with a choice variable c: prior N(mu_c, sigma_c^2) from the head, posterior from `condition`."""
@@ -240,13 +243,7 @@ class LatentReasoner(nn.Module):
             q_logvar = q_logvar.clamp(-12.0, 6.0)
             out.update(q_mu=q_mu, q_logvar=q_logvar)
             draw_mu, draw_logvar = q_mu, q_logvar
-        if forced is not None and self.cfg.spec.feed == "sample":
-            c = forced.float()
-        elif self.cfg.spec.feed == "sample" and mode != "mu":
-            eps = torch.randn(draw_mu.shape, generator=generator, device=draw_mu.device, dtype=draw_mu.dtype)
-            c = draw_mu + torch.exp(0.5 * draw_logvar) * eps
-        else:
-            c = draw_mu
+        c = self._draw(draw_mu, draw_logvar, mode, generator, forced)
         vector = mean + self.choice_proj(c)
         out.update(z=c, vector=vector, feed=self.feed_scale(vector, norm))
         return out
