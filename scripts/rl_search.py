@@ -4,7 +4,9 @@
         --data-dir results/default/data --root /tmp/rl_search --out docs/experiments/rl-results.jsonl --lanes 2
 
 Each grid line: {"name", "train": {...}, "rl": {...}}, overrides merged over the `--method`
-of config/config.yaml (atp_rl from an ATP-Latent (SFT) model, cot_rl from a CoT-SFT model).
+of config/config.yaml (atp_rl from an ATP-Latent (SFT) model, cot_rl from a CoT-SFT model), and optionally
+"seed" and "init" (the point's starting model, for seeds whose SFT models differ; default --init). A point
+starts once its starting model exists, so a grid can wait for a model still training beside it.
 Every point runs the pipeline's own RL stage (`python -m atp.stages.rl`, one thread, no MLflow) and is scored on the
 validation split only. A results line holds the point, its validation accuracy
 (mu and sampled latents), tokens, its sampling headroom (pass@1, pass@k,
@@ -123,7 +125,7 @@ def schedule(point: dict, method: str = "atp_rl") -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--grid", required=True)
-    p.add_argument("--init", required=True)
+    p.add_argument("--init", help="the starting model of every point without its own init")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--root", required=True)
     p.add_argument("--out", required=True)
@@ -131,11 +133,18 @@ def main() -> None:
     p.add_argument("--lanes", type=int, default=2)
     args = p.parse_args()
     points = [json.loads(line) for line in Path(args.grid).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    for point in points:
+        if point.get("init", args.init) is None:
+            sys.exit(f"{args.grid}: point {point['name']} has no init and no --init was given")
     root = Path(args.root)
     pending, running, results = list(points), {}, []
     while pending or running:
-        while pending and len(running) < args.lanes:
-            point = pending.pop(0)
+        # A point starts, in grid order, once its starting model exists (one may still be training beside the search).
+        ready = [q for q in pending if (Path(q.get("init", args.init) or "") / "meta.json").exists()]
+        while ready and len(running) < args.lanes:
+            point = ready.pop(0)
+            pending.remove(point)
+            init = point.get("init", args.init)
             run = root / point["name"]
             run.mkdir(parents=True, exist_ok=True)
             cmd = [
@@ -155,19 +164,28 @@ def main() -> None:
                 "--checkpoint-dir",
                 str(run / "ckpt"),
                 "--init",
-                args.init,
+                init,
                 "--threads",
                 "1",
                 "--no-tracking",
             ]
             log = open(run / "log.txt", "w")
             running[point["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), point, time.time())
+        if pending and not running and not ready:
+            missing = sorted({q.get("init", args.init) for q in pending})
+            print(f"waiting for starting models: {', '.join(missing)}", file=sys.stderr, flush=True)
+            time.sleep(55)
         time.sleep(5)
         for name, (proc, point, started) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[name]
-            line = {**point, "init": args.init, "seconds": round(time.time() - started, 1), "returncode": proc.returncode}
+            line = {
+                **point,
+                "init": point.get("init", args.init),
+                "seconds": round(time.time() - started, 1),
+                "returncode": proc.returncode,
+            }
             if proc.returncode == 0:
                 line.update(summary(root / name))
             results.append(line)
