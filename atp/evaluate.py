@@ -7,9 +7,9 @@ from collections.abc import Iterable
 
 import torch
 
+from atp.batches import left_pad
 from atp.modeling import prompt_ids
 from atp.text import numbers_equal, parse_answer
-from atp.train import left_pad
 
 
 @torch.no_grad()

@@ -10,7 +10,9 @@ synthetic generator (atp/data/synthetic.py) and written as the real datasets wri
 
 The tokenizer is Meta's own: the BPE ranks `tokenizer.model` shipped in the `llama-models` package (the
 test extra), converted by transformers' TikTokenConverter with the special tokens of Llama-3.2-1B's
-`tokenizer.json` (bos `<|begin_of_text|>`, eos `<|end_of_text|>`, pad `<|finetune_right_pad_id|>`).
+`tokenizer.json` (bos `<|begin_of_text|>`, eos `<|end_of_text|>`, pad `<|finetune_right_pad_id|>`). With
+`--instruct`, those of Llama-3.2-1B-Instruct, the paper's model: eos `<|eot_id|>` (the end of a turn) and no pad
+token, so that the pipeline adds its own (`<|pad|>`, vocabulary 128,260).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 from pathlib import Path
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
+EOT_ID = "<|eot_id|>"  # the Instruct model's eos
 # Llama-3.2-1B's special tokens (ids 128000-128255) in hub order; the rest are reserved_special_token_2..246.
 NAMED_SPECIALS = [
     BOS,
@@ -38,8 +41,9 @@ NAMED_SPECIALS = [
 N_SPECIALS = 256
 
 
-def llama32_tokenizer():
-    """Llama-3.2's tokenizer (transformers' fast tokenizer) from Meta's BPE ranks in `llama-models`."""
+def llama32_tokenizer(instruct: bool = False):
+    """Llama-3.2's tokenizer (transformers' fast tokenizer) from Meta's BPE ranks in `llama-models`: the base model's
+    special tokens, or with `instruct` the Instruct model's (eos `<|eot_id|>`, no pad token)."""
     from llama_models.llama3 import tokenizer as meta
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
@@ -61,21 +65,23 @@ def llama32_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
+        eos_token=EOT_ID if instruct else EOS,
+        pad_token=None if instruct else PAD,
         clean_up_tokenization_spaces=False,
         model_max_length=131072,
     )
 
 
-def write_model(folder: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+def write_model(folder: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, instruct: bool = False) -> Path:
     """A randomly initialised Llama shaped as Llama-3.2-1B (4:1 grouped-query attention, llama3 RoPE, tied
-    embeddings) at `hidden_size`, with Llama-3.2's tokenizer, saved as a hub download is."""
+    embeddings) at `hidden_size`, with Llama-3.2's tokenizer (the Instruct model's with `instruct`: its config then
+    lists the three ids that end generation, 128001, 128008 and 128009, as the hub's does), saved as a hub
+    download is."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
-    tokenizer = llama32_tokenizer()
+    tokenizer = llama32_tokenizer(instruct)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -95,7 +101,9 @@ def write_model(folder: str | Path, hidden_size: int = 32, num_layers: int = 2, 
         },
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in (EOS, "<|eom_id|>", EOT_ID)]
+        if instruct
+        else tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
@@ -203,9 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="data/paper_tiny", help="folder for model/ and the split files")
     p.add_argument("--hidden-size", type=int, default=32)
     p.add_argument("--train", type=int, default=64, help="training problems")
+    p.add_argument("--instruct", action="store_true", help="the Instruct model's tokenizer (eos <|eot_id|>, no pad)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    write_model(out / "model", hidden_size=args.hidden_size)
+    write_model(out / "model", hidden_size=args.hidden_size, instruct=args.instruct)
     for name, path in write_data(out, {"train": args.train}).items():
         print(f"{name}: {path}")
     print(f"model: {out / 'model'}")

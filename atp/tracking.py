@@ -63,6 +63,8 @@ def _retry(action, what: str, where: str = "", attempts: int = ATTEMPTS):
     for attempt in range(1, attempts + 1):
         try:
             return action()
+        except TrackingError:  # final already (mlflow not installed): no retry would help
+            raise
         except Exception as exc:  # noqa: BLE001 - MLflow raises many exception types for a locked store
             if attempt == attempts:
                 raise TrackingError(
@@ -91,10 +93,21 @@ def _experiment_id(mlflow, name: str, uri: str) -> str:
         return experiment.experiment_id
 
 
+def _import_mlflow():
+    """The mlflow package, or a TrackingError where it is not installed (a stock GPU image without it runs the
+    pipeline with mlflow.required: false, as scripts/device_check.sh does)."""
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise TrackingError(
+            f"the mlflow package cannot be imported ({exc}); install it, or set mlflow.required: false to run without tracking"
+        ) from exc
+    return mlflow
+
+
 def _open_experiment(mlflow_cfg: dict) -> tuple[str, str]:
     """(tracking URI, experiment id) from the `mlflow` config section, creating the store and experiment if needed."""
-    import mlflow
-
+    mlflow = _import_mlflow()
     uri = tracking_uri(mlflow_cfg["tracking_uri"])
     mlflow.set_tracking_uri(uri)
     return uri, _retry(lambda: _experiment_id(mlflow, mlflow_cfg["experiment_name"], uri), "create experiment", uri)
@@ -104,13 +117,13 @@ def start_parent(mlflow_cfg: dict, experiment: str, out: str | Path) -> dict:
     """Create the store, the MLflow experiment and the pipeline's parent run; write its ids to `out`.
 
     Every job reads the store and the `required` switch from `out`. If the store cannot be reached
-    and tracking is not required, `out` says so and every job runs without MLflow.
+    and tracking is not required (or mlflow is not installed), `out` says so and every job runs without MLflow.
     """
-    import mlflow
-
     required = mlflow_cfg.get("required", True)
     try:
         uri, experiment_id = _open_experiment(mlflow_cfg)
+        import mlflow
+
         git = git_info()
         tags = {"pipeline": experiment, "stage": "pipeline", "git_commit": git["commit"], "git_dirty": git["dirty"]}
         # Left RUNNING: the workflow's onsuccess/onerror end it (end_parent) once the last job is done.
@@ -244,8 +257,6 @@ class Tracker:
     def __enter__(self) -> Tracker:
         if not self.enabled:
             return self
-        import mlflow
-
         if self._parent is not None and Path(self._parent).exists():
             parent = read_json(self._parent)
             if parent.get("disabled"):
@@ -265,6 +276,8 @@ class Tracker:
                 return self
             uri, experiment_id = found
             parent_id = None
+        import mlflow  # importable: the parent run or _open_experiment above needed it
+
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         git = git_info()
         tags = {

@@ -27,10 +27,13 @@ n/a. `paper_hours` multiplies the time per step by the step budgets of config/pa
 step is the last curriculum stage, the dearest, so that estimate is an upper bound).
 
 --precision: autocast (default on a GPU: fp32 weights and AdamW state, bf16 autocast: what
-train.bf16 does), fp32 (what the RL stage and evaluation run today), bf16 (weights cast to bf16: the
-memory floor, not what the pipeline does). At the default sizes each part holds fp32 weights, gradients
-and AdamW state of 1.2-2.5B parameters (20-40 GB; the latent part with the copied decoder 2.5B) plus
-activations; `--parts` runs a subset.
+train.bf16 does in every stage, RL included), fp32 (what the CPU miniature runs), bf16 (weights cast to
+bf16: the memory floor, not what the pipeline does). The latent-SFT MFU counts the step decoder's FLOPs
+too (a copy of the backbone reading each latent step's target). No part writes a checkpoint. Each part's
+result goes to --out as soon as it is measured; a part that fails (out of memory, say) is recorded under
+"errors" and the next one still runs; with --budget no part starts after that many seconds. At the
+default sizes each part holds fp32 weights, gradients and AdamW state of 1.2-2.5B parameters (20-40 GB;
+the latent part with the copied decoder 2.5B) plus activations; `--parts` runs a subset.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ import random
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -115,6 +117,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the backbone's HF config (ignored with --tiny)",
     )
     p.add_argument("--parts", nargs="+", choices=["sft", "latent", "rl"], default=["sft", "latent", "rl"])
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds: no part starts after this much time (the parts not run are listed as skipped)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before each timed part")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: up to 2)")
     p.add_argument("--seed", type=int, default=0)
@@ -173,12 +181,16 @@ def result(
     meter: Meter,
     peak_tflops: float | None,
     extra: dict,
+    flops_per_step: float | None = None,
 ) -> dict:
-    """tokens/s, s/step, peak memory and MFU of `len(seconds)` timed steps."""
+    """tokens/s, s/step, peak memory and MFU of `len(seconds)` timed steps. The model FLOPs of a step are
+    flops_factor x n_params per token, or `flops_per_step` where a step runs more than one model (the
+    latent-SFT step's step decoder)."""
     step_s = statistics.fmean(seconds)
     tokens_per_s = tokens_per_step / step_s
     peak, kind = meter.peak_mb()
-    mfu = None if peak_tflops is None else flops_factor * n_params * tokens_per_s / (peak_tflops * 1e12)
+    flops = flops_per_step if flops_per_step is not None else flops_factor * n_params * tokens_per_step
+    mfu = None if peak_tflops is None else flops / step_s / (peak_tflops * 1e12)
     return {
         "tokens_per_s": round(tokens_per_s, 2),
         "seconds_per_step": round(step_s, 5),
@@ -268,7 +280,8 @@ def random_ids(rng: random.Random, low: int, high: int, n: int) -> list[int]:
 
 
 def timed_train(model, items, cfg, dist, objective, meter, warmup: int, lengths_=None) -> list[float]:
-    """Run atp.train.train for warmup + timed steps; the seconds of each timed step (device-synchronised)."""
+    """Run atp.train.train for warmup + timed steps, writing no checkpoint; the seconds of each timed step
+    (device-synchronised)."""
     from atp.train import train
 
     stamps: list[float] = []
@@ -277,28 +290,24 @@ def timed_train(model, items, cfg, dist, objective, meter, warmup: int, lengths_
         meter.sync()
         stamps.append(time.perf_counter())
 
-    with tempfile.TemporaryDirectory() as ckpt:
-        meter.sync()
-        stamps.append(time.perf_counter())
-        train(model, items, cfg, dist, 0, Path(ckpt), objective, NoTracker(), {}, lengths=lengths_, on_log=on_log)
+    meter.sync()
+    stamps.append(time.perf_counter())
+    # ckpt_dir None: no checkpoint read or written (at the paper's shapes one is about 15 GB).
+    train(model, items, cfg, dist, 0, None, objective, NoTracker(), {}, lengths=lengths_, on_log=on_log)
     return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :])]
 
 
 def train_config(args, steps: int):
     from atp.config import TrainConfig
 
-    return TrainConfig(  # the schema's defaults but for the shapes and a run that writes no checkpoint
+    return TrainConfig(  # the schema's defaults but for the shapes, a constant lr and a log line every step
         steps=steps,
         batch_size=args.batch,
         micro_batch_size=args.micro_batch,
-        lr=1e-4,
-        weight_decay=0.01,
         warmup_ratio=0.0,
         min_lr_ratio=1.0,
         max_length=4096,
         log_every=1,
-        checkpoint_every=10**9,
-        keep_checkpoints=1,
         val_samples=0,
         bf16=args.precision == "autocast",
     )
@@ -309,8 +318,8 @@ def train_config(args, steps: int):
 
 def part_sft(args, config, tok, dist, meter, peak) -> dict:
     """CoT-SFT steps: prompt (no loss) + CoT and answer (loss), AdamW, accumulation, clipping."""
+    from atp.batches import IGNORE, Example, TokenObjective
     from atp.modeling import count_parameters
-    from atp.train import IGNORE, Example, TokenObjective
 
     rng = random.Random(args.seed)
     steps = args.warmup + args.sft_steps
@@ -415,9 +424,23 @@ def part_latent(args, config, tok, dist, meter, peak) -> tuple[dict, object]:
         model, records, train_config(args, steps), dist, objective, meter, args.warmup, lengths_=[len(r.prompt) for r in records]
     )
     per_row = [len(r.prompt) + 1 + cfg.slots + 1 + len(r.answer) for r in records]  # prompt, <bot>, slots, <eot>, answer
-    train_out = result(statistics.fmean(per_row) * args.batch, seconds, n_backbone, 6, meter, peak, {})
+    # The step decoder reads, for each of the S latent steps, its c latents and its target (the step's tokens and
+    # EOS; EOS alone for a surplus step): with config/paper.yaml's decoder, a second 1.24B model in the step.
+    decoder_rows = [sum(cfg.c + len(s) + 1 for s in r.steps) + (cfg.max_steps - len(r.steps)) * (cfg.c + 1) for r in records]
+    n_decoder = count_parameters(model.decoder)
+    backbone_tokens, decoder_tokens = statistics.fmean(per_row) * args.batch, statistics.fmean(decoder_rows) * args.batch
+    flops = 6 * (n_backbone * backbone_tokens + n_decoder * decoder_tokens)
+    train_out = result(backbone_tokens, seconds, n_backbone, 6, meter, peak, {}, flops_per_step=flops)
     out["sft_step"] = {k: v for k, v in train_out.items()}
-    out["sft_step"].update({"batch": args.batch, "micro_batch": args.micro_batch, "stage": "last (all steps latent, 20 slots)"})
+    out["sft_step"].update(
+        {
+            "batch": args.batch,
+            "micro_batch": args.micro_batch,
+            "stage": "last (all steps latent, 20 slots)",
+            "decoder_tokens_per_step": round(decoder_tokens, 1),
+            "flops_per_token": "6N backbone + 6N' decoder over the decoder's own tokens",
+        }
+    )
     out["parameters"] = {"backbone": n_backbone, "total": count_parameters(model), "decoder": count_parameters(model.decoder)}
     return out, model
 
@@ -459,10 +482,20 @@ def part_rl(args, config, tok, dist, meter, peak, model=None) -> dict:
         answers = [str(rng.randint(1, 500)) for q in questions for _ in range(rl_cfg.group_size)]
         meter.sync()
         start = time.perf_counter()
-        with autocast(dist.device, args.precision):
-            metrics, _ = grpo_step(
-                model, optimizer, trainable, prompts, answers, rl_cfg, reward_cfg, tok, generator, grad_clip=1.0
-            )
+        # grpo_step opens its own autocast (the RL stage's train.bf16), so the precision goes in as its flag.
+        metrics, _ = grpo_step(
+            model,
+            optimizer,
+            trainable,
+            prompts,
+            answers,
+            rl_cfg,
+            reward_cfg,
+            tok,
+            generator,
+            grad_clip=1.0,
+            bf16=args.precision == "autocast",
+        )
         meter.sync()
         if i >= args.warmup:
             seconds.append(time.perf_counter() - start)
@@ -537,18 +570,40 @@ def main(argv=None) -> dict:
         "parts": {},
     }
     started = time.perf_counter()
+
+    def write() -> None:  # after every part, so that a later part's failure or a timeout keeps what was measured
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
     model = None
-    if "sft" in args.parts:
-        report["parts"]["sft"] = part_sft(args, config, tok, dist, meter, peak)
-    if "latent" in args.parts:
-        report["parts"]["latent"], model = part_latent(args, config, tok, dist, meter, peak)
-    if "rl" in args.parts:
-        report["parts"]["rl"] = part_rl(args, config, tok, dist, meter, peak, model)
-    del model
-    for name, part in report["parts"].items():
+    for name in ("sft", "latent", "rl"):
+        if name not in args.parts:
+            continue
+        if args.budget is not None and time.perf_counter() - started > args.budget:
+            report.setdefault("skipped", []).append(name)
+            continue
+        try:
+            if name == "sft":
+                part = part_sft(args, config, tok, dist, meter, peak)
+            elif name == "latent":
+                part, model = part_latent(args, config, tok, dist, meter, peak)
+            else:
+                part = part_rl(args, config, tok, dist, meter, peak, model)
+        except Exception as error:  # an out-of-memory error, say: recorded, and the next part still runs
+            report.setdefault("errors", {})[name] = f"{type(error).__name__}: {error}"[:2000]
+            print(f"{name}: {report['errors'][name]}", file=sys.stderr)
+            model = None
+            meter.reset()
+            write()
+            continue
         step = part["sft_step"] if name == "latent" else part
         part["paper_hours"] = None if args.tiny else round(step["seconds_per_step"] * PAPER_STEPS[name] / 3600, 1)
-    report["seconds"] = round(time.perf_counter() - started, 1)
+        report["parts"][name] = part
+        write()
+    del model
+    write()
 
     print(f"{report['device']}, {args.precision}{' (tiny)' if args.tiny else ''}, backbone {report['backbone']}")
     print(f"{'part':<18}{'tokens/s':>12}{'s/step':>10}{'peak MB':>11}{'MFU':>8}")
@@ -560,9 +615,8 @@ def main(argv=None) -> dict:
     for label, part in rows:
         mfu = "n/a" if part["mfu"] is None else f"{100 * part['mfu']:.1f}%"
         print(f"{label:<18}{part['tokens_per_s']:>12.1f}{part['seconds_per_step']:>10.3f}{part['peak_memory_mb']:>11.0f}{mfu:>8}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if report.get("errors"):
+        raise SystemExit(f"parts that failed: {', '.join(report['errors'])} (the JSON names the errors)")
     if any(not math.isfinite(p["tokens_per_s"]) for p in report["parts"].values()):
         raise SystemExit("non-finite throughput")
     return report

@@ -53,13 +53,14 @@ def main() -> None:
     import torch
 
     from atp import modeling
+    from atp.batches import TokenObjective
     from atp.config import TrainConfig
     from atp.data.records import read_jsonl
     from atp.evaluate import greedy_generate, latent_validation, score
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records
     from atp.runtime import Dist, seed_everything
     from atp.stages.sft import encode_examples
-    from atp.train import TokenObjective, train
+    from atp.train import train
 
     torch.set_num_threads(args.threads)
     setting = json.loads(args.setting)

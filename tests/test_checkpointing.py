@@ -50,8 +50,8 @@ def assert_same(a: dict, b: dict) -> float:
 
 
 def test_sft_loss_and_gradients_are_unchanged(tiny_data):
+    from atp.batches import collate, token_loss_sum
     from atp.stages.sft import encode_examples
-    from atp.train import collate, token_loss_sum
 
     cfg, splits, tok = tiny_data
     seed_everything(0)

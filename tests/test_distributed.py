@@ -349,8 +349,8 @@ def test_fsdp_equals_ddp_for_atp_latent_with_lora_and_gradient_checkpointing(fsd
 # ends the other process. Deterministic where a kill from outside would race the tiny model's training.
 KILLED_SCRIPT = r"""
 import os, runpy, signal, sys
-import atp.train
-save = atp.train.save_checkpoint
+import atp.checkpoints
+save = atp.checkpoints.save_checkpoint
 
 def save_then_die(ckpt_dir, step, *args, **kwargs):
     path = save(ckpt_dir, step, *args, **kwargs)
@@ -358,7 +358,7 @@ def save_then_die(ckpt_dir, step, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return path
 
-atp.train.save_checkpoint = save_then_die
+atp.checkpoints.save_checkpoint = save_then_die
 sys.argv[0] = "atp.stages.latent_sft"
 runpy.run_module("atp.stages.latent_sft", run_name="__main__")
 """

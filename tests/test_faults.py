@@ -284,6 +284,26 @@ def test_an_unreachable_tracking_server_fails_the_pipeline_clearly_unless_tracki
     assert "tracking is off" in (tmp_path / "results" / "test" / "logs" / "prepare_data.log").read_text()
 
 
+def test_without_the_mlflow_package_tracking_is_off_when_optional_and_a_clear_error_when_required(tmp_path, monkeypatch):
+    """A stock GPU image may lack mlflow (scripts/device_check.sh runs the DAG there with mlflow.required: false)."""
+    import sys
+
+    from atp import tracking
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError
+    cfg = {"tracking_uri": str(tmp_path / "mlflow.db"), "experiment_name": "atp"}
+    started = time.time()
+    with pytest.raises(tracking.TrackingError, match="mlflow package cannot be imported"):
+        tracking.start_parent({**cfg, "required": True}, "test", tmp_path / "parent.json")
+    assert time.time() - started < 5  # not retried
+    info = tracking.start_parent({**cfg, "required": False}, "test", tmp_path / "parent.json")
+    assert "mlflow package cannot be imported" in info["disabled"]
+    job = {"mlflow": {**cfg, "required": False}, "experiment": "test"}
+    with tracking.Tracker(job, "sft", tmp_path / "parent.json", "run") as tracker:
+        tracker.log_metrics({"x": 1.0}, step=1)
+        assert not tracker.enabled
+
+
 # ---------------------------------------------------------------- safe loading
 
 

@@ -159,10 +159,10 @@ def test_the_latent_markers_start_from_the_embedding_of_chevrons_and_are_added_o
 
 def test_prompts_and_labels_are_laid_out_as_method_md_says_for_a_pretrained_model(stages):
     """BOS + question + newline, then the CoT target and EOS, loss on the target only; the latent stage the same."""
+    from atp.batches import IGNORE
     from atp.data.records import read_jsonl
     from atp.latent import LatentConfig, encode_latent_records
     from atp.stages.sft import encode_examples
-    from atp.train import IGNORE
 
     tokenizer = modeling.load_tokenizer(stages / "data" / "tokenizer")
     record = read_jsonl(stages / "data" / "train.jsonl")[0]

@@ -76,3 +76,34 @@ def test_the_rl_start_was_trained_on_stop_labels_and_its_stop_head_stops_on_some
     with torch.no_grad():
         used = [g["latents"] for g in model.generate([prompt_ids(tokenizer, q) for q in questions], mode="mu")]
     assert all(n % latent.c == 0 for n in used) and min(used) < latent.slots, used
+
+
+def test_the_instruct_tokenizer_path_runs_cot_sft_latent_sft_rl_and_evaluation(tmp_path):
+    """The paper's model is Llama-3.2-1B-Instruct, whose tokenizer has no pad token (the pipeline adds `<|pad|>`: a
+    vocabulary of 128,260) and ends a turn with `<|eot_id|>` (128009), not the base model's `<|end_of_text|>`. Its
+    path through CoT-SFT, the latent stage, RL and evaluation, at toy size."""
+    import math
+
+    from atp.latent import load_latent
+    from atp.modeling import load_tokenizer
+    from atp.text import PAD
+
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    prepare = [PYTHON, "-m", "atp.paper_tiny", "--instruct", "--out", str(tmp_path / "data" / "paper_tiny")]
+    subprocess.run(prepare, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    configs = [tmp_path / "config" / "paper.yaml", tmp_path / "config" / "paper_tiny.yaml"]
+    exp = tmp_path / "results" / "paper_tiny"
+    targets = [
+        "results/paper_tiny/eval/cot_sft/seed0/test/metrics.json",
+        "results/paper_tiny/eval/atp_rl/seed0/test/metrics.json",
+    ]
+    snakemake(tmp_path, *targets, configs=configs)
+    card = json.loads((exp / "data" / "card.json").read_text())
+    assert card["vocab_size"] == 128256 + 4  # the three latent markers and <pad>
+    tokenizer = load_tokenizer(exp / "data" / "tokenizer")
+    assert tokenizer.eos_token == "<|eot_id|>" and tokenizer.eos_token_id == 128009 and tokenizer.pad_token == PAD
+    model, latent_tokenizer = load_latent(exp / "train" / "atp_rl" / "seed0" / "model")
+    assert model.eos_id == 128009 and len(latent_tokenizer) == 128260
+    for method in ("cot_sft", "atp_rl"):
+        metrics = json.loads((exp / "eval" / method / "seed0" / "test" / "metrics.json").read_text())
+        assert metrics["n"] == 8 and all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)), metrics

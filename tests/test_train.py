@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from atp import modeling
+from atp.batches import IGNORE, TokenObjective, batch_schedule
+from atp.checkpoints import checkpoints
 from atp.config import TrainConfig, to_dataclass
-from atp.runtime import Dist, seed_everything
+from atp.runtime import Dist, NonFiniteLoss, seed_everything
 from atp.stages.sft import encode_examples
-from atp.train import IGNORE, NonFiniteLoss, TokenObjective, batch_schedule, checkpoints, lr_factor, train
+from atp.train import lr_factor, train
 from conftest import Recorder
 
 CPU = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -93,14 +95,30 @@ def test_resume_from_checkpoint_is_exact(tiny_data, tmp_path):
         assert torch.equal(a, c), name
 
 
+def test_a_measurement_run_writes_no_checkpoint_and_trains_the_same(tiny_data, tmp_path, monkeypatch):
+    """ckpt_dir None (scripts/gpu_check.py at the paper's shapes, where a checkpoint is about 15 GB): the same
+    weights as a checkpointed run, and nothing written, not even after the last step."""
+    model_a, examples, cfg, tok = _setup(tiny_data, steps=4, checkpoint_every=2, log_every=2)
+    train(model_a, examples, cfg, CPU, 0, tmp_path / "a", TokenObjective(tok.pad_token_id), Recorder(), {})
+    assert [int(p.name[5:]) for p in checkpoints(tmp_path / "a")] == [2, 4]
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # an empty working folder: a stray relative write would land here
+    before = set(tmp_path.rglob("*"))
+    model_b, _, _, _ = _setup(tiny_data)
+    train(model_b, examples, cfg, CPU, 0, None, TokenObjective(tok.pad_token_id), Recorder(), {})
+    assert set(tmp_path.rglob("*")) == before
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_a_checkpoint_of_the_other_optimizer_format_is_refused(tiny_data, tmp_path):
     """FSDP checkpoints hold the optimizer state keyed by parameter name, 1-process and DDP ones torch's
     positional state dict: resuming across them would lose the optimizer state, so it is refused (the weights file is
     the same)."""
     import json
 
+    from atp.checkpoints import resume_point
     from atp.config import ConfigError
-    from atp.train import resume_point
 
     model, examples, cfg, tok = _setup(tiny_data, steps=3, checkpoint_every=3)
     train(model, examples, cfg, CPU, 0, tmp_path / "c", TokenObjective(tok.pad_token_id), Recorder(), {})

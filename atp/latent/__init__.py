@@ -26,6 +26,7 @@ cached loop), `objective` (the latent-SFT loss), `io` (saving and loading), `ref
 the cache, for the tests and the benchmark). The names below are the public ones.
 """
 
+from atp.batches import IGNORE  # one definition, shared with the token objective
 from atp.config import LatentConfig
 from atp.latent.io import is_latent, load_latent, save_latent
 from atp.latent.layout import (
@@ -40,7 +41,6 @@ from atp.latent.layout import (
 )
 from atp.latent.objective import LatentBatch, LatentObjective, make_batch
 from atp.latent.reasoner import LatentReasoner, SlotRun, answer_ids
-from atp.train import IGNORE  # one definition, shared with the token objective
 from atp.variants import VARIANTS, Variant
 
 __all__ = [

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from atp.batches import IGNORE
 from atp.config import LatentConfig
 from atp.latent.layout import ABSENT, LatentRecord, Layout, layout, step_boundaries
-from atp.train import IGNORE
 
 if TYPE_CHECKING:
     from atp.latent.reasoner import LatentReasoner

@@ -145,7 +145,7 @@ class LatentReasoner(nn.Module):
 
     def prefix(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts followed by <bot>, left-padded so that the first slot is one column for every row."""
-        from atp.train import left_pad
+        from atp.batches import left_pad
 
         return left_pad([p + [self.bot_id] for p in prompts], self.pad_id)
 

@@ -267,7 +267,7 @@ class GRPOTask:
         tracker,
         traj_dir,
     ):
-        from atp.train import batch_schedule
+        from atp.batches import batch_schedule
 
         self.model, self.optimizer, self.trainable, self.records, self.prompts = model, optimizer, trainable, records, prompts
         self.rl_cfg, self.reward_cfg, self.tokenizer, self.train_cfg = rl_cfg, reward_cfg, tokenizer, train_cfg

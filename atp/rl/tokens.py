@@ -32,7 +32,7 @@ class TokenPolicy(nn.Module):
 
 
 def _pad_prompts(policy: TokenPolicy, prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    from atp.train import left_pad
+    from atp.batches import left_pad
 
     ids, mask = left_pad(prompts, policy.pad_id)
     return ids.to(device), mask.to(device)

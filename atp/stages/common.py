@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from atp.checkpoints import History, drop_checkpoints  # noqa: F401 - the stages' one import place
 from atp.config import TrainConfig, config_hash, to_dataclass
 from atp.runtime import Dist, compute_init, reproducible, seed_everything, write_json
-from atp.train import History, drop_checkpoints  # noqa: F401 - the stages' one import place
 
 
 @dataclass

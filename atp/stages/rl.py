@@ -86,6 +86,7 @@ def sampling_headroom(model, tokenizer, data_dir, samples: int, rl_cfg, seed: in
 
 def main(args, config: dict) -> None:
     from atp import modeling
+    from atp.checkpoints import checkpoint_writer, optimizer_and_resume
     from atp.config import ConfigError
     from atp.latent import save_latent
     from atp.rl import GRPOTask, TokenPolicy, check_world, reference_policy, rl_settings
@@ -98,7 +99,7 @@ def main(args, config: dict) -> None:
         validation_metrics,
         write_metrics,
     )
-    from atp.train import checkpoint_writer, optimizer_and_resume, run_loop
+    from atp.train import run_loop
 
     s = setup(args, config)
     if not args.init:

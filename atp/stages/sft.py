@@ -23,8 +23,8 @@ log = logging.getLogger("atp.sft")
 
 def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
     """Tokenized (prompt, target + EOS) sequences with loss on the target only; too long ones are dropped."""
+    from atp.batches import IGNORE, Example
     from atp.modeling import prompt_ids
-    from atp.train import IGNORE, Example
 
     examples, dropped = [], 0
     for r in records:
@@ -40,6 +40,7 @@ def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
 
 def main(args, config: dict) -> None:
     from atp import modeling
+    from atp.batches import TokenObjective
     from atp.stages.common import (
         History,
         drop_checkpoints,
@@ -49,7 +50,7 @@ def main(args, config: dict) -> None:
         starting_model,
         write_metrics,
     )
-    from atp.train import TokenObjective, train
+    from atp.train import train
 
     s = setup(args, config)
     fmt = s.method["format"]
