@@ -134,17 +134,17 @@ def main() -> None:
     args = p.parse_args()
     points = [json.loads(line) for line in Path(args.grid).read_text().splitlines() if line.strip() and not line.startswith("#")]
     for point in points:
-        if point.get("init", args.init) is None:
+        point.setdefault("init", args.init)  # resolved once: every use below reads point["init"]
+        if point["init"] is None:
             sys.exit(f"{args.grid}: point {point['name']} has no init and no --init was given")
     root = Path(args.root)
     pending, running, results = list(points), {}, []
     while pending or running:
         # A point starts, in grid order, once its starting model exists (one may still be training beside the search).
-        ready = [q for q in pending if (Path(q.get("init", args.init) or "") / "meta.json").exists()]
+        ready = [q for q in pending if (Path(q["init"]) / "meta.json").exists()]
         while ready and len(running) < args.lanes:
             point = ready.pop(0)
             pending.remove(point)
-            init = point.get("init", args.init)
             run = root / point["name"]
             run.mkdir(parents=True, exist_ok=True)
             cmd = [
@@ -164,7 +164,7 @@ def main() -> None:
                 "--checkpoint-dir",
                 str(run / "ckpt"),
                 "--init",
-                init,
+                point["init"],
                 "--threads",
                 "1",
                 "--no-tracking",
@@ -172,7 +172,7 @@ def main() -> None:
             log = open(run / "log.txt", "w")
             running[point["name"]] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), point, time.time())
         if pending and not running and not ready:
-            missing = sorted({q.get("init", args.init) for q in pending})
+            missing = sorted({q["init"] for q in pending})
             print(f"waiting for starting models: {', '.join(missing)}", file=sys.stderr, flush=True)
             time.sleep(55)
         time.sleep(5)
@@ -182,7 +182,6 @@ def main() -> None:
             del running[name]
             line = {
                 **point,
-                "init": point.get("init", args.init),
                 "seconds": round(time.time() - started, 1),
                 "returncode": proc.returncode,
             }
