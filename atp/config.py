@@ -40,9 +40,9 @@ SYNTHETIC_KEYS = (
 )
 # What a training or evaluation job reads of its method (a label or the enabled flag must not rerun it;
 # `init` arrives as an input path, `train` and `latent` merged into their sections).
-JOB_METHOD_KEYS = ("stage", "format", "variant")
+JOB_METHOD_KEYS = ("stage", "format", "variant", "removal")
 # What the table reads of each method: its label and what orders the rows.
-TABLE_METHOD_KEYS = ("stage", "format", "variant", "init", "label")
+TABLE_METHOD_KEYS = ("stage", "format", "removal", "variant", "init", "label")
 SOURCE_KEYS = ("format", "path", "hub_id", "hub_config", "hub_split", "limit")
 
 
@@ -142,6 +142,12 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'methods.{name}.variant': a latent_sft method needs a variant")
         if method["stage"] != "latent_sft" and ("variant" in method or method.get("latent")):
             raise ConfigError(f"config key 'methods.{name}.variant': only latent_sft methods take a variant or latent settings")
+        if (method.get("format") == "icot") != ("removal" in method):
+            raise ConfigError(
+                f"config key 'methods.{name}.removal': an sft method with format icot, and only one, takes a removal schedule"
+            )
+        if method["stage"] != "sft" and method.get("format", "cot") != "cot":
+            raise ConfigError(f"config key 'methods.{name}.format': only sft methods take a format other than cot")
         if method["stage"] != "rl" and method.get("rl"):
             raise ConfigError(f"config key 'methods.{name}.rl': only rl methods take rl settings")
         if method["stage"] == "latent_sft":
@@ -468,6 +474,8 @@ class LatentConfig:
     max_steps: int = setting("latent", "max_steps")
     beta: float = setting("latent", "beta")
     decoder_weight: float = setting("latent", "decoder_weight")
+    teacher_weight: float = setting("latent", "teacher_weight")
+    distill_weight: float = setting("latent", "distill_weight")
     rescale: str = setting("latent", "rescale")
     scale: float = setting("latent", "scale")
     head_hidden: int | None = setting("latent", "head_hidden")

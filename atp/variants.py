@@ -19,6 +19,9 @@ class Variant:
     stop: bool
     surplus: str  # fixed (surplus slots stay in the context) | masked (removed, the stop head learns them)
     surplus_target: str | None  # what the decoder reads from a surplus step: eos | answer | None
+    project: bool = False  # the fed hidden state goes through a trained MLP + LayerNorm first (CODI's projection)
+    distill: bool = False  # CODI's self-distillation: a teacher pass on the written CoT, its CE, and its hidden states
+    # at the answer aligned with the student's (atp/latent/objective.py)
 
     @property
     def stochastic(self) -> bool:
@@ -31,5 +34,8 @@ VARIANTS = {
     "atp": Variant("sample", kl=True, decoder=True, stop=True, surplus="masked", surplus_target="eos"),
     "atp_no_vae": Variant("mu", kl=False, decoder=True, stop=True, surplus="masked", surplus_target="eos"),
     "atp_no_stop": Variant("sample", kl=True, decoder=True, stop=False, surplus="fixed", surplus_target="eos"),
+    "codi": Variant(
+        "hidden", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None, project=True, distill=True
+    ),
     "pause": Variant("pause", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None),
 }

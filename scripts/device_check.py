@@ -78,8 +78,7 @@ def bf16_rl(device_name: str) -> dict:
 
     from atp import config, modeling
     from atp.latent import LatentConfig, LatentReasoner
-    from atp.rewards import RewardConfig
-    from atp.rl import RLConfig, freeze_decoder, grpo_step
+    from atp.rl import bf16_first_step
     from atp.runtime import seed_everything
     from atp.stages.prepare_data import build_splits, make_tokenizer
 
@@ -97,17 +96,7 @@ def bf16_rl(device_name: str) -> dict:
     model = LatentReasoner(
         modeling.build_model(cfg["model"], tok), LatentConfig(variant="atp", c=2, max_steps=3, decoder=decoder), tok
     )
-    with torch.no_grad():  # a trained head's sigma: logvar near -8
-        model.logvar_head.weight.mul_(0.01)
-        model.logvar_head.bias.fill_(-8.0)
-    policy = freeze_decoder(model.to(device))
-    prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4] for _ in range(4)]
-    rl = RLConfig(questions=4, group_size=4, minibatch_size=4, max_answer_tokens=4)  # old and new from other batches
-    rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
-    generator = torch.Generator(device=device).manual_seed(0)
-    metrics, _ = grpo_step(policy, optimizer, trainable, prompts, ["1"] * 16, rl, rewards, tok, generator, 1.0, bf16=True)
+    metrics = bf16_first_step(model, tok, [r["question"] for r in splits["train"]], device)
     out = {
         "device": str(device),
         "first_clip_fraction": metrics["rl/first_clip_fraction"],

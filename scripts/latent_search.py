@@ -5,12 +5,11 @@
         --out search.jsonl
 
 A setting names a latent `variant` (or `nocot` for the No-CoT fine-tuning control,
-`cot` for CoT training) and overrides any `latent.*` or `train.*` key by its bare
-name (and `model_<key>` for the sizes of a model built from scratch). Only the validation split is read. Prints and
-appends one JSON line:
-the setting, val accuracy (mu and sampled latents), tokens, fidelity by step,
-seconds per step. Uses the pipeline's own code, without MLflow or Snakemake, so
-that many points can run side by side (for example one per core).
+`cot` for CoT training, `icot` for iCoT with `removal_every` and `removal_smoothing`) and overrides any
+`latent.*` or `train.*` key by its bare name (and `model_<key>` for the sizes of a model built from scratch).
+Only the validation split is read. Prints and appends one JSON line: the setting, val accuracy (mu and sampled
+latents), tokens, fidelity by step, seconds per step. Uses the pipeline's own code, without MLflow or Snakemake,
+so that many points can run side by side (for example one per core).
 """
 
 from __future__ import annotations
@@ -53,13 +52,12 @@ def main() -> None:
     import torch
 
     from atp import modeling
-    from atp.batches import TokenObjective
     from atp.config import TrainConfig
     from atp.data.records import read_jsonl
     from atp.evaluate import greedy_generate, latent_validation, score
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records
     from atp.runtime import Dist, seed_everything
-    from atp.stages.sft import encode_examples
+    from atp.stages.sft import encode_examples, objective
     from atp.train import train
 
     torch.set_num_threads(args.threads)
@@ -71,7 +69,8 @@ def main() -> None:
     tokenizer = modeling.load_tokenizer(data / "tokenizer")
     train_keys = {f.name for f in fields(TrainConfig)}
     latent_keys = {f.name for f in fields(LatentConfig)}
-    unknown = {k for k in setting if not k.startswith("model_")} - train_keys - latent_keys - {"variant", "seed"}
+    removal_keys = {"removal_every", "removal_smoothing"}
+    unknown = {k for k in setting if not k.startswith("model_")} - train_keys - latent_keys - removal_keys - {"variant", "seed"}
     if unknown:
         raise SystemExit(f"unknown setting keys: {sorted(unknown)}")
     seed = setting.get("seed", args.seed)
@@ -91,10 +90,12 @@ def main() -> None:
     ckpt = Path(args.checkpoint_dir or f"/tmp/latent_search_{abs(hash(args.setting))}")
     started = time.time()
     result = {"setting": setting, "seed": seed, **({"name": args.name} if args.name else {})}
-    if variant in ("cot", "nocot"):
+    if variant in ("cot", "nocot", "icot"):
         model = backbone.to(device)
         examples, _ = encode_examples(records, tokenizer, variant, train_cfg.max_length)
-        metrics = train(model, examples, train_cfg, dist, seed, ckpt, TokenObjective(tokenizer.pad_token_id), Quiet(), {})
+        removal = {"every": setting.get("removal_every"), "smoothing": setting.get("removal_smoothing", 4.0)}
+        goal = objective({"format": variant, "removal": removal}, tokenizer.pad_token_id, seed)
+        metrics = train(model, examples, train_cfg, dist, seed, ckpt, goal, Quiet(), {})
         seconds = time.time() - started
         _, m = score(val, greedy_generate(model, tokenizer, [r["question"] for r in val], 96, 250, device))
         result.update(val_accuracy=m["accuracy"], val_tokens=m["tokens"], by_steps=m["accuracy_by_steps"])

@@ -25,7 +25,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-METHODS = ("coconut", "simcot", "atp")
+METHODS = ("icot", "coconut", "codi", "simcot", "atp")
+# iCoT's removal schedule at a budget: config/config.yaml's (a token every 100 of its 5100 steps), scaled to the steps.
+ICOT_EVERY_PER_STEP = 100 / 5100
 CONTROLS = ("pause", "nocot")
 BASE_STEPS, BASE_STAGE_STEPS = 1200, 300
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +70,12 @@ def grid(args) -> None:
             for seed in args.seeds:
                 for method in args.methods:
                     setting = {"variant": method, "steps": BASE_STEPS * budget, "seed": seed}
-                    if method != "nocot":
+                    if method == "icot":
+                        setting["removal_every"] = max(1, round(ICOT_EVERY_PER_STEP * BASE_STEPS * budget))
+                    elif method != "nocot":
                         setting.update(rescale="embedding_norm", stage_steps=BASE_STAGE_STEPS * budget, **args.latent)
+                    if method == "codi":  # no curriculum
+                        setting["stage_steps"] = 0
                     print(
                         json.dumps(
                             {
@@ -125,7 +131,8 @@ def plot(args) -> None:
     (out / "scaling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     solid = default_width()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    markers, colors = dict(zip(METHODS, "osD")), dict(zip(METHODS, ("tab:blue", "tab:orange", "tab:green")))
+    markers = {"icot": "^", "coconut": "o", "codi": "v", "simcot": "s", "atp": "D"}
+    colors = {"icot": "tab:purple", "coconut": "tab:blue", "codi": "tab:red", "simcot": "tab:orange", "atp": "tab:green"}
     for width in sorted({k[0] for k in margins}):
         for method in (*METHODS, *args.variants):
             points = sorted((b, v) for (w, m, b), v in margins.items() if w == width and m == method)
@@ -185,7 +192,7 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=[],
-        help="tagged methods to draw besides the three (e.g. atp_residual_dec01), dashed, in their base method's marker",
+        help="tagged methods to draw besides the base methods (e.g. atp_residual_dec01), dashed, in their base method's marker",
     )
     q.add_argument("--out", required=True)
     args = p.parse_args()

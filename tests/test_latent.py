@@ -219,12 +219,15 @@ def test_every_variant_trains_with_finite_loss_and_round_trips_through_disk(tiny
         | ({"kl"} if VARIANTS[variant].kl else set())
         | ({"dec"} if VARIANTS[variant].decoder else set())
         | ({"stop"} if VARIANTS[variant].stop else set())
+        | ({"teacher", "distill"} if VARIANTS[variant].distill else set())
     )
     assert expected_parts <= {k[6:] for k in recorder.logged[-1][1]}
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert any(k.startswith("backbone.") for k in changed)
     if variant == "pause":
         assert "pause" in changed
+    if VARIANTS[variant].project:
+        assert any(k.startswith("projection.") for k in changed)
     save_latent(model, tok, tmp_path / "model", {"variant": variant})
     loaded, _ = load_latent(tmp_path / "model")
     prompts = [r.prompt for r in records[:4]]
@@ -449,3 +452,38 @@ def test_the_posterior_kl_and_the_step_conditions_by_hand(tiny_data):
     assert torch.allclose(conditions[0, 2], embedding[target].mean(0)) and torch.equal(conditions[0, 2], conditions[0, 3])
     with pytest.raises(ValueError, match="posterior"):
         LatentConfig(variant="simcot", choice=2, posterior=True)
+
+
+# ---------------------------------------------------------------- CODI
+
+
+def test_codi_aligns_the_token_that_predicts_the_answers_number(tiny_data):
+    """Teacher `prompt + steps + "### N" EOS` and student `<eot> "### N" EOS` meet at the token before N, for every
+    row of a padded batch; the alignment is zero when the student's states are the teacher's own."""
+    from atp.latent.objective import distill_sums
+
+    model, records, tok = make(tiny_data, "codi", c=1, max_steps=4, stage_steps=0)
+    records = records[:6]
+    for r in records:
+        assert tok.decode(r.answer[r.value_start :]).strip().startswith(tok.decode(r.answer_text[r.value_start :]).strip())
+        assert not any(ch.isdigit() for ch in tok.decode(r.answer[: r.value_start]))
+    batch = make_batch(model, records, [4] * len(records), "cpu")
+    teacher = batch.teacher
+    for b, r in enumerate(records):
+        number = r.answer[r.value_start]
+        assert int(teacher.ids[b, teacher.position[b] + 1]) == number  # the aligned token predicts the number
+        assert int(batch.suffix[b, teacher.student_position[b] + 1]) == number
+        assert int(teacher.labels[b, teacher.position[b]]) == number
+        assert int(teacher.labels[b, len(r.prompt) - 2]) == -100  # no loss on the question
+    with torch.no_grad():
+        out = model.backbone(input_ids=teacher.ids, attention_mask=teacher.mask, output_hidden_states=True)
+        # Student states that equal the teacher's at the aligned token: distance 0 in every layer.
+        fake = []
+        for state in out.hidden_states:
+            student = torch.zeros(len(records), batch.suffix.shape[1], state.shape[-1])
+            student[torch.arange(len(records)), teacher.student_position] = state[torch.arange(len(records)), teacher.position]
+            fake.append(student)
+        sums = distill_sums(model, teacher, tuple(fake))
+        assert float(sums["distill"]) == pytest.approx(0.0, abs=1e-6) and float(sums["teacher"]) > 0
+        moved = distill_sums(model, teacher, tuple(f + 1.0 for f in fake))
+        assert float(moved["distill"]) > 0.1

@@ -9,22 +9,25 @@ import pytest
 
 from conftest import PYTHON, ROOT
 
+ATP_POINT = {
+    "variant": "atp",
+    "steps": 3,
+    "stage_steps": 1,
+    "batch_size": 4,
+    "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
+}
+ICOT_POINT = {"variant": "icot", "steps": 3, "batch_size": 4, "removal_every": 1}
+
 
 @pytest.mark.slow
-def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
+@pytest.mark.parametrize("setting", [ATP_POINT, ICOT_POINT], ids=["atp", "icot"])
+def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path, setting):
     from atp import modeling
     from conftest import write_data_dir
 
     cfg, splits, tok = tiny_data
     data = write_data_dir(tmp_path / "data", splits, tok)
     modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "cot", {})
-    setting = {
-        "variant": "atp",
-        "steps": 3,
-        "stage_steps": 1,
-        "batch_size": 4,
-        "decoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32},
-    }
     out = tmp_path / "points.jsonl"
     subprocess.run(
         [
@@ -49,7 +52,21 @@ def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path):
         timeout=300,
     )
     point = json.loads(out.read_text().splitlines()[-1])
-    assert point["setting"] == setting and 0.0 <= point["val_accuracy"] <= 1.0 and "val_accuracy_sample" in point
+    assert point["setting"] == setting and 0.0 <= point["val_accuracy"] <= 1.0
+    assert ("val_accuracy_sample" in point) == (setting["variant"] == "atp")
+
+
+def test_the_scaling_grid_gives_icot_a_scaled_removal_schedule_and_codi_no_curriculum():
+    out = subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "2"]
+        + ["--seeds", "0", "--reuse-cot", "--methods", "icot", "codi", "coconut"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    points = {p["setting"]["variant"]: p["setting"] for p in (json.loads(x) for x in out.splitlines() if x.startswith("{"))}
+    assert points["icot"]["removal_every"] == 47 and "stage_steps" not in points["icot"]  # 100/5100 of 2400 steps
+    assert points["codi"]["stage_steps"] == 0 and points["coconut"]["stage_steps"] == 600
 
 
 @pytest.mark.slow
@@ -99,7 +116,7 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
         text=True,
     ).stdout
     points = [json.loads(line) for line in grid.splitlines() if line.startswith("{")]
-    assert len(points) == 1 + 2 * 5 and points[0]["save"] == "D/cot_w64" and all(p["init"] == "D/cot_w64" for p in points[1:])
+    assert len(points) == 1 + 2 * 7 and points[0]["save"] == "D/cot_w64" and all(p["init"] == "D/cot_w64" for p in points[1:])
     assert {p["setting"]["steps"] for p in points[1:]} == {1200, 2400}
     results = tmp_path / "results.jsonl"
     rows = [("pause", 0.55), ("nocot", 0.57), ("coconut", 0.60), ("simcot", 0.50)]

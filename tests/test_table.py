@@ -23,10 +23,13 @@ def test_rows_follow_baselines_controls_then_latent_methods():
         "cot_sft": {"stage": "sft", "format": "cot"},
         "atp_no_vae": {"stage": "latent_sft", "variant": "atp_no_vae"},
         "atp_rl": {"stage": "rl", "init": "atp"},
+        "coconut": {"stage": "latent_sft", "variant": "coconut"},
+        "icot": {"stage": "sft", "format": "icot", "init": "cot_sft"},  # an sft format, but an implicit method
     }
     metrics = [metric(name, "test", 0.5) for name in methods]
     frame, _ = aggregate(metrics, methods)
-    assert list(frame["method"]) == ["cot_sft", "nocot_sft", "nocot_ft", "pause", "atp", "atp_rl", "atp_no_vae"]
+    expected = ["cot_sft", "nocot_sft", "nocot_ft", "pause", "icot", "coconut", "atp", "atp_rl", "atp_no_vae"]
+    assert list(frame["method"]) == expected
 
 
 def test_one_seed_reports_the_spread_of_the_sampled_evaluations():
@@ -52,14 +55,17 @@ def test_margins_over_the_better_control_and_simcot_carry_a_standard_error_over_
         "atp_rl": {"stage": "rl", "init": "atp", "label": "ATP (RL)"},
         "cot_sft": {"stage": "sft", "format": "cot", "label": "CoT-SFT"},
         "cot_rl": {"stage": "rl", "init": "cot_sft", "label": "CoT + RL"},  # a language row: no latent margin
+        "icot": {"stage": "sft", "format": "icot", "init": "cot_sft", "label": "iCoT"},  # implicit: a margin
     }
     values = {"nocot_ft": (0.40, 0.40), "pause": (0.50, 0.52), "simcot": (0.54, 0.56), "atp_rl": (0.60, 0.64)}
+    values["icot"] = (0.45, 0.49)
     values.update({"cot_sft": (0.70, 0.70), "cot_rl": (0.72, 0.74)})
     metrics = [metric(m, "test", v, seed=seed) for m, pair in values.items() for seed, v in enumerate(pair)]
     frame, _ = aggregate(metrics, methods)
     text = margins_markdown(frame, methods)
     assert "better control (Pause)" in text
     assert "| ATP (RL) | +11.0 ± 1.0 | +7.0 ± 1.0 |" in text and "| SIM-CoT | +4.0 ± 0.0 | - |" in text
+    assert "| iCoT | -4.0 ± 1.0 | -8.0 ± 1.0 |" in text
     assert "CoT + RL" not in text and list(frame["method"][:2]) == ["cot_sft", "cot_rl"]  # CoT + RL right after CoT-SFT
     one_seed = aggregate([m for m in metrics if m["seed"] == 0], methods)[0]
     assert "one seed: no standard error" in margins_markdown(one_seed, methods)

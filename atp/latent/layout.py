@@ -26,6 +26,7 @@ class LatentRecord:
     step_texts: list[list[int]]  # each step for the decoder, "<<a op b=c>>" (EOS added later)
     answer: list[int]  # "### N" + EOS
     answer_text: list[int]  # "### N" (SIM-CoT's pseudo-step for surplus slots)
+    value_start: int = 1  # index in `answer` of the number's first token (CODI aligns the token before it)
 
 
 @dataclass
@@ -88,6 +89,7 @@ def encode_latent_records(records: list[dict], tokenizer, max_length: int, cfg: 
         prompt = prompt_ids(tokenizer, r["question"])
         steps = [tokenizer.encode(s + "\n", add_special_tokens=False) for s in r["steps"]]
         answer = tokenizer.encode(answer_text(r["answer"]), add_special_tokens=False)
+        value_start = next(i for i in range(len(answer)) if any(ch.isdigit() for ch in tokenizer.decode(answer[: i + 1])))
         if not steps or len(prompt) + 2 + cfg.slots + sum(map(len, steps)) + len(answer) + 1 > max_length:
             dropped += 1
             continue
@@ -99,6 +101,7 @@ def encode_latent_records(records: list[dict], tokenizer, max_length: int, cfg: 
                 step_texts=[tokenizer.encode(s, add_special_tokens=False) for s in r["steps"]],
                 answer=answer + [tokenizer.eos_token_id],
                 answer_text=answer,
+                value_start=value_start,
             )
         )
     return out, dropped

@@ -28,6 +28,40 @@ class LatentBatch:
     suffix_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T - 1) the suffix's next tokens, IGNORE on padding
     layouts: list[Layout]
+    teacher: Teacher | None = None  # CODI's teacher pass (variants with `distill`)
+
+
+@dataclass
+class Teacher:
+    """CODI's teacher task on the same records: the written CoT, and where teacher and student are aligned."""
+
+    ids: torch.Tensor  # (B, L) prompt + language steps + answer + EOS, right-padded
+    mask: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B, L - 1) the targets' next tokens, IGNORE on the prompt and padding
+    position: torch.Tensor  # (B,) the token before the answer's number in `ids`
+    student_position: torch.Tensor  # (B,) the same token in the student's suffix
+
+
+def make_teacher(model: LatentReasoner, records: list[LatentRecord], layouts: list[Layout], device) -> Teacher:
+    """The teacher sequences of a micro-batch; the aligned token is the one that predicts the answer's number."""
+    rows = [r.prompt + [t for step in r.steps for t in step] + r.answer for r in records]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), model.pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (r, row) in enumerate(zip(records, rows)):
+        ids[b, : len(row)] = torch.tensor(row)
+        mask[b, : len(row)] = 1
+        labels[b, len(r.prompt) : len(row)] = torch.tensor(row[len(r.prompt) :])
+    position = [len(row) - len(r.answer) + r.value_start - 1 for r, row in zip(records, rows)]
+    student = [len(lay.suffix) - len(r.answer) + r.value_start - 1 for r, lay in zip(records, layouts)]
+    return Teacher(
+        ids.to(device),
+        mask.to(device),
+        labels[:, 1:].to(device),
+        torch.tensor(position, device=device),
+        torch.tensor(student, device=device),
+    )
 
 
 def make_batch(model: LatentReasoner, records: list[LatentRecord], stages: list[int], device) -> LatentBatch:
@@ -53,6 +87,7 @@ def make_batch(model: LatentReasoner, records: list[LatentRecord], stages: list[
         suffix_mask.to(device),
         labels.to(device),
         layouts,
+        make_teacher(model, records, layouts, device) if model.cfg.spec.distill else None,
     )
 
 
@@ -97,17 +132,42 @@ def kl_terms(run) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(-1)
 
 
+def distill_sums(model: LatentReasoner, teacher: Teacher, student_states: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """CODI's teacher terms, summed over rows: the teacher's CE on the written CoT (it trains too: one model plays
+    both parts), and the alignment of the student's hidden states with the teacher's, detached, at the token that
+    predicts the answer's number: per layer (embeddings included) the smooth-L1 distance averaged over dimensions
+    and divided by the teacher state's std, then averaged over layers. CODI divides by the std over its whole
+    batch; per row here, so that the sum does not depend on how a batch is split."""
+    out = model.backbone(input_ids=teacher.ids, attention_mask=teacher.mask, output_hidden_states=True)
+    logits = out.logits[:, :-1]
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), teacher.labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+    rows = torch.arange(teacher.ids.shape[0], device=teacher.ids.device)
+    distances = []
+    for t_state, s_state in zip(out.hidden_states, student_states):
+        target = t_state[rows, teacher.position].detach().float()
+        aligned = s_state[rows, teacher.student_position].float()
+        distance = F.smooth_l1_loss(aligned, target, reduction="none").mean(-1)
+        distances.append(distance / target.std(-1).clamp(min=1e-6))
+    return {"teacher": ce, "distill": torch.stack(distances).mean(0).sum()}
+
+
 def loss_sums(model: LatentReasoner, batch: LatentBatch) -> dict[str, torch.Tensor]:
     """Sums of each loss term over a micro-batch (the objective divides them by batch totals)."""
     spec, c = model.cfg.spec, model.cfg.c
     condition = step_conditions(model, batch) if model.cfg.posterior else None
     run = model.run_prefix_and_slots(batch.prefix, batch.prefix_mask, batch.state, condition=condition)
-    logits = model.run_suffix(run, batch.suffix, batch.suffix_mask)[:, :-1]
-    sums = {
-        "ce": F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-        )
-    }
+    sums = {}
+    if spec.distill:
+        logits, student_states = model.run_suffix(run, batch.suffix, batch.suffix_mask, hidden_states=True)
+        sums.update(distill_sums(model, batch.teacher, student_states))
+    else:
+        logits = model.run_suffix(run, batch.suffix, batch.suffix_mask)
+    logits = logits[:, :-1]
+    sums["ce"] = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), batch.labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
     present = batch.state != ABSENT  # (B, N): the row's own slots, real or surplus
     if spec.kl and run.mu is not None:
         sums["kl"] = (kl_terms(run) * present).sum()
@@ -160,10 +220,11 @@ class LatentObjective:
 
     def totals(self, records: list[LatentRecord], step: int) -> dict[str, float]:
         spec = self.cfg.spec
-        t = {"tokens": 0.0, "latents": 0.0, "dec_steps": 0.0, "stops": 0.0}
+        t = {"tokens": 0.0, "latents": 0.0, "dec_steps": 0.0, "stops": 0.0, "rows": float(len(records)), "teacher_tokens": 0.0}
         for r, k in zip(records, self.stages(records, step)):
             lay = layout(r, k, self.cfg, self.eos_id, self.eot_id)
             t["tokens"] += len(lay.suffix) - 1
+            t["teacher_tokens"] += sum(map(len, r.steps)) + len(r.answer) if spec.distill else 0
             t["latents"] += len(lay.slot_state)
             t["dec_steps"] += len(lay.decoder_targets) if spec.decoder else 0
             t["stops"] += len(lay.stop_labels) if spec.stop else 0
@@ -181,6 +242,10 @@ class LatentObjective:
         if "dec" in sums:
             parts["dec"] = sums["dec"] / totals["dec_steps"]
             loss = loss + self.cfg.decoder_weight * parts["dec"]
+        if "distill" in sums:  # CODI: the teacher's CE per target token, the alignment per row
+            parts["teacher"] = sums["teacher"] / totals["teacher_tokens"]
+            parts["distill"] = sums["distill"] / totals["rows"]
+            loss = loss + self.cfg.teacher_weight * parts["teacher"] + self.cfg.distill_weight * parts["distill"]
         if "stop" in sums:
             parts["stop"] = sums["stop"] / totals["stops"]
             loss = loss + parts["stop"]

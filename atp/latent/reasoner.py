@@ -112,6 +112,8 @@ class LatentReasoner(nn.Module):
             if cfg.head == "residual":  # mu starts as h itself: the correction is 0
                 nn.init.zeros_(self.mu_head.weight)
                 nn.init.zeros_(self.mu_head.bias)
+        if spec.project:  # CODI's projection of the fed hidden state: MLP, then LayerNorm
+            self.projection = nn.Sequential(*_mlp(d, h, d), nn.LayerNorm(d))
         if spec.stop:
             self.stop_head = nn.Sequential(*_mlp(d, h, 2))
         if spec.feed == "pause":
@@ -192,7 +194,7 @@ class LatentReasoner(nn.Module):
         spec = self.cfg.spec
         out: dict[str, torch.Tensor] = {}
         if spec.feed == "hidden":
-            z = h
+            z = self.projection(h) if spec.project else h
         elif spec.feed == "pause":
             z = self.pause.expand(h.shape[0], -1)
         else:
@@ -386,15 +388,22 @@ class LatentReasoner(nn.Module):
             stacked["feed"] = h.new_zeros((B, 0, h.shape[-1]))
         return SlotRun(cache, mask, next_pos, state, **stacked)
 
-    def run_suffix(self, run: SlotRun, suffix: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
-        """Logits over `suffix` (right-padded) after the prefix and slots of `run`."""
+    def run_suffix(self, run: SlotRun, suffix: torch.Tensor, suffix_mask: torch.Tensor, hidden_states: bool = False):
+        """Logits over `suffix` (right-padded) after the prefix and slots of `run`; with `hidden_states`, also every
+        layer's hidden states over the suffix (the embeddings' first), for CODI's alignment."""
         mask = torch.cat([run.mask, suffix_mask], dim=1)
         positions = run.next_pos[:, None] + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.embed(suffix)
-        hidden = self.core(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=run.cache, use_cache=True
-        ).last_hidden_state
-        return self.logits(hidden)
+        out = self.core(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=run.cache,
+            use_cache=True,
+            output_hidden_states=hidden_states,
+        )
+        logits = self.logits(out.last_hidden_state)
+        return (logits, out.hidden_states) if hidden_states else logits
 
     # ------------------------------------------------------------ training
 

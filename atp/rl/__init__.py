@@ -33,7 +33,7 @@ The package: `policy` (trajectories, rollout, replay), `tokens` (the token polic
 """
 
 from atp.config import RLConfig
-from atp.rl.grpo import GRPOTask, check_world, freeze_decoder, grpo_step, reference_policy, rl_settings
+from atp.rl.grpo import GRPOTask, bf16_first_step, check_world, freeze_decoder, grpo_step, reference_policy, rl_settings
 from atp.rl.loss import LATENT_ACTIONS, gradient_diagnostics, group_advantages, ppo_clip_loss
 from atp.rl.policy import Trajectories, gaussian_logp, is_token_policy, replay, rollout
 from atp.rl.tokens import TokenPolicy, token_replay, token_rollout
@@ -46,6 +46,7 @@ __all__ = [
     "TokenPolicy",
     "Trajectories",
     "all_reduce_sum",
+    "bf16_first_step",
     "check_world",
     "freeze_decoder",
     "gaussian_logp",

@@ -167,6 +167,31 @@ def grpo_step(
     return metrics, trajectories
 
 
+def bf16_first_step(model: LatentReasoner, tokenizer, questions: list[str], device, seed: int = 0) -> dict[str, float]:
+    """One bf16 GRPO step of an ATP-Latent reasoner given a trained head's sigma (logvar near -8, sigma 0.018): four
+    questions x 4 rollouts replayed in minibatches of 4, so that the old and the new log-probabilities come from
+    passes over different batch compositions. With so small a sigma, a bf16 rounding of mu between the two would
+    move the log-density by many nats; the step's `rl/first_clip_fraction` and `rl/first_max_abs_log_ratio` say
+    whether it does. The check of tests/test_bf16.py and scripts/device_check.py (on a GPU)."""
+    from atp.modeling import prompt_ids
+    from atp.rewards import RewardConfig
+
+    with torch.no_grad():
+        model.logvar_head.weight.mul_(0.01)
+        model.logvar_head.bias.fill_(-8.0)
+    policy = freeze_decoder(model.to(device))
+    prompts = [prompt_ids(tokenizer, q) for q in questions[:4] for _ in range(4)]
+    rl = RLConfig(questions=4, group_size=4, minibatch_size=4, max_answer_tokens=4)
+    rewards = RewardConfig(correct=0.0, format=0.5, coherence=1.0, coherence_times_correct=False)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    metrics, _ = grpo_step(
+        policy, optimizer, trainable, prompts, ["1"] * len(prompts), rl, rewards, tokenizer, generator, 1.0, bf16=True
+    )
+    return metrics
+
+
 def kept_rows(rewards: list[float], group_size: int, groups: int) -> list[int]:
     """The rows of the `groups` groups an update uses (dynamic sampling): groups whose rewards differ first, then
     groups whose rewards are all equal, each in rollout order; all rows when there are only `groups` groups.

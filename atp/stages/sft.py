@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on language CoT (`cot`) or question -> answer (`nocot`).
+"""Supervised fine-tuning on language CoT (`cot`), question -> answer (`nocot`), or CoT whose tokens are removed
+from the front on a schedule until none is left (`icot`, stepwise internalization: atp/internalize.py).
 
     python -m atp.stages.sft --config job.yaml --method cot_sft --seed 0 \
         --data-dir results/<exp>/data --out-dir results/<exp>/train/cot_sft/seed0 \
@@ -22,25 +23,45 @@ log = logging.getLogger("atp.sft")
 
 
 def encode_examples(records: list[dict], tokenizer, fmt: str, max_length: int):
-    """Tokenized (prompt, target + EOS) sequences with loss on the target only; too long ones are dropped."""
+    """Tokenized (prompt, target + EOS) sequences with loss on the target only; too long ones are dropped.
+
+    `icot` keeps the CoT and the answer line apart (CoTExample), for the removal schedule to shorten the CoT.
+    """
     from atp.batches import IGNORE, Example
+    from atp.internalize import CoTExample
     from atp.modeling import prompt_ids
 
     examples, dropped = [], 0
     for r in records:
         prompt = prompt_ids(tokenizer, r["question"])
+        cot = []
+        if fmt == "icot":  # the CoT lines alone, then the answer line as No-CoT writes it
+            cot = tokenizer.encode("".join(step + "\n" for step in r["steps"]), add_special_tokens=False)
         text = cot_target(r["steps"], r["answer"]) if fmt == "cot" else answer_text(r["answer"])
         target = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
-        if len(prompt) + len(target) > max_length:
+        if len(prompt) + len(cot) + len(target) > max_length:
             dropped += 1
             continue
-        examples.append(Example(prompt + target, [IGNORE] * len(prompt) + target))
+        if fmt == "icot":
+            examples.append(CoTExample(len(examples), prompt, cot, target))
+        else:
+            examples.append(Example(prompt + target, [IGNORE] * len(prompt) + target))
     return examples, dropped
+
+
+def objective(method: dict, pad_id: int, seed: int):
+    """The token loss; for `icot`, on the examples the removal schedule has shortened at each step."""
+    from atp.batches import TokenObjective
+    from atp.internalize import InternalizeObjective, RemovalSchedule
+
+    if method["format"] != "icot":
+        return TokenObjective(pad_id)
+    removal = method["removal"]
+    return InternalizeObjective(pad_id, RemovalSchedule(removal["every"], removal["smoothing"], seed))
 
 
 def main(args, config: dict) -> None:
     from atp import modeling
-    from atp.batches import TokenObjective
     from atp.stages.common import (
         History,
         drop_checkpoints,
@@ -84,7 +105,7 @@ def main(args, config: dict) -> None:
             s.dist,
             args.seed,
             s.ckpt_dir,
-            TokenObjective(s.tokenizer.pad_token_id),
+            objective(s.method, s.tokenizer.pad_token_id, args.seed),
             tracker,
             s.meta,
             history=History(s.out_dir / "history.jsonl", s.dist.is_main, s.ckpt_dir),

@@ -17,8 +17,9 @@ from atp.tracking import summary_metrics
 log = logging.getLogger("atp.table")
 
 
-# Rows as in the paper's Table 1: language baselines, the two controls, then latent methods and ablations.
-VARIANT_ORDER = ["pause", "coconut", "simcot", "atp", "atp_no_vae", "atp_no_stop"]
+# Rows as in the paper's Table 1: language baselines, the two controls, then implicit methods (iCoT, an sft format,
+# among them) and ablations.
+VARIANT_ORDER = ["pause", "icot", "coconut", "codi", "simcot", "atp", "atp_no_vae", "atp_no_stop"]
 
 
 def start_spec(spec: dict, methods: dict) -> dict:
@@ -30,15 +31,19 @@ def start_spec(spec: dict, methods: dict) -> dict:
     return spec
 
 
-def is_latent_row(spec: dict, methods: dict) -> bool:
-    """A latent method, or RL from one (RL from CoT-SFT is a language row; RL whose start is not listed counts as latent)."""
-    return start_spec(spec, methods).get("stage") in ("latent_sft", "rl")
+def is_implicit_row(spec: dict, methods: dict) -> bool:
+    """A method that reasons without writing its CoT: a latent method, RL from one (RL from CoT-SFT is a language
+    row; RL whose start is not listed counts as latent), or iCoT."""
+    start = start_spec(spec, methods)
+    return start.get("stage") in ("latent_sft", "rl") or start.get("format") == "icot"
 
 
 def row_order(name: str, spec: dict, methods: dict | None = None) -> tuple:
     """Language baselines (CoT + RL right after CoT-SFT), controls, latent methods by variant; RL from a latent
     method right after ATP-Latent (SFT)."""
     stage = spec.get("stage", "sft")
+    if stage == "sft" and spec.get("format") == "icot":
+        return (1, VARIANT_ORDER.index("icot"), 0, name)
     if stage == "sft":
         return (0, spec.get("format", "cot") != "cot", spec.get("init") is not None, name)
     if stage == "rl":
@@ -168,12 +173,12 @@ def paired_difference(a, b) -> tuple[float, float | None, int]:
 
 
 def margins_markdown(frame, methods: dict) -> str:
-    """Each latent and RL method's four-suite average minus the better control's and minus SIM-CoT's, paired by
+    """Each implicit (latent, iCoT) and RL method's four-suite average minus the better control's and minus SIM-CoT's, paired by
     training seed (paired_difference), with the standard error of the paired differences."""
 
     rows = {row["method"]: row for _, row in frame.iterrows()}
     controls = [rows[m] for m in rows if is_control(methods.get(m, {}))]
-    latent = [rows[m] for m in rows if is_latent_row(methods.get(m, {}), methods) and not is_control(methods.get(m, {}))]
+    latent = [rows[m] for m in rows if is_implicit_row(methods.get(m, {}), methods) and not is_control(methods.get(m, {}))]
     if not controls or not latent:
         return ""
     better = max(controls, key=lambda r: r["avg_acc"])
