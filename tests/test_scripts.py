@@ -32,7 +32,7 @@ def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path, setti
     subprocess.run(
         [
             PYTHON,
-            str(ROOT / "scripts" / "latent_search.py"),
+            str(ROOT / "scripts" / "search" / "latent_search.py"),
             "--data-dir",
             str(data),
             "--init",
@@ -58,7 +58,7 @@ def test_latent_search_scores_one_point_on_validation(tiny_data, tmp_path, setti
 
 def test_the_scaling_grid_gives_icot_a_scaled_removal_schedule_and_codi_no_curriculum():
     out = subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "2"]
+        [PYTHON, str(ROOT / "scripts" / "search" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "2"]
         + ["--seeds", "0", "--reuse-cot", "--methods", "icot", "codi", "coconut"],
         check=True,
         capture_output=True,
@@ -99,7 +99,7 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
     grid = subprocess.run(
         [
             PYTHON,
-            str(ROOT / "scripts" / "scaling_study.py"),
+            str(ROOT / "scripts" / "search" / "scaling_study.py"),
             "grid",
             "--data",
             "D",
@@ -122,7 +122,15 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
     rows = [("pause", 0.55), ("nocot", 0.57), ("coconut", 0.60), ("simcot", 0.50)]
     results.write_text("".join(json.dumps({"name": f"D-w64-x1-{m}-s0", "val_accuracy": v}) + "\n" for m, v in rows))
     subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "plot", "--results", str(results), "--out", str(tmp_path / "out")],
+        [
+            PYTHON,
+            str(ROOT / "scripts" / "search" / "scaling_study.py"),
+            "plot",
+            "--results",
+            str(results),
+            "--out",
+            str(tmp_path / "out"),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -134,7 +142,7 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
     assert (tmp_path / "out" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
     # A tagged variant (a --latent setting under its own name), read from a second results file against the same controls.
     tagged = subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "1"]
+        [PYTHON, str(ROOT / "scripts" / "search" / "scaling_study.py"), "grid", "--data", "D", "--widths", "64", "--budgets", "1"]
         + ["--seeds", "0", "--reuse-cot", "--methods", "simcot", "--latent", '{"decoder_weight": 0.1}', "--tag", "dec01"],
         check=True,
         capture_output=True,
@@ -145,7 +153,7 @@ def test_the_scaling_study_computes_each_methods_margin_over_the_better_control(
     more = tmp_path / "more.jsonl"
     more.write_text(json.dumps({"name": point["name"], "val_accuracy": 0.62}) + "\n")
     subprocess.run(
-        [PYTHON, str(ROOT / "scripts" / "scaling_study.py"), "plot", "--results", str(results), str(more)]
+        [PYTHON, str(ROOT / "scripts" / "search" / "scaling_study.py"), "plot", "--results", str(results), str(more)]
         + ["--out", str(tmp_path / "out2"), "--variants", "simcot_dec01"],
         check=True,
         capture_output=True,
@@ -166,7 +174,7 @@ def test_suite_twins_scores_a_model_on_candidate_suite_settings(tiny_data, tmp_p
     subprocess.run(
         [
             PYTHON,
-            str(ROOT / "scripts" / "suite_twins.py"),
+            str(ROOT / "scripts" / "search" / "suite_twins.py"),
             "--data-dir",
             str(data),
             "--model",
@@ -192,7 +200,7 @@ def test_rl_search_pairs_a_run_with_the_frozen_control_that_samples_as_it_does()
     that leaves it out, and one at another temperature or length does not."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rl_search", ROOT / "scripts" / "rl_search.py")
+    spec = importlib.util.spec_from_file_location("rl_search", ROOT / "scripts" / "search" / "rl_search.py")
     rl_search = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rl_search)
     from atp import config

@@ -1,6 +1,6 @@
 """Run a grid of `latent_search.py` points side by side, within a deadline.
 
-    python scripts/run_grid.py --grid docs/experiments/grid.jsonl --root .search --out results.jsonl \
+    python scripts/search/run_grid.py --grid docs/experiments/grid.jsonl --root .search --out results.jsonl \
         --cpu-lanes 16 --gpu-lanes 2 --deadline 500
 
 Each grid line: {"name", "data" (folder under --root), "init" (model folder under

@@ -1,6 +1,6 @@
 """Run RL settings from one starting model side by side and collect their validation accuracy.
 
-    python scripts/rl_search.py --grid docs/experiments/rl-grid.jsonl --init results/default/train/atp/seed0/model \
+    python scripts/search/rl_search.py --grid docs/experiments/rl-grid.jsonl --init results/default/train/atp/seed0/model \
         --data-dir results/default/data --root /tmp/rl_search --out docs/experiments/rl-results.jsonl --lanes 2
 
 Each grid line: {"name", "train": {...}, "rl": {...}}, overrides merged over the `--method`
@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

@@ -1,6 +1,6 @@
 """Tune a synthetic suite's difficulty on its validation twin: score a model on candidate suite settings.
 
-    python scripts/suite_twins.py --data-dir results/default/data \
+    python scripts/search/suite_twins.py --data-dir results/default/data \
         --model results/default/train/cot_sft/seed0/model \
         --candidate 'hard:q20={"min_ops": 2, "max_quantity": 20, "max_result": 120}' \
         --out docs/experiments/suites.jsonl
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

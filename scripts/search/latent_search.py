@@ -1,6 +1,6 @@
 """One point of the latent-regime search: train a method from a CoT model, score it on validation.
 
-    python scripts/latent_search.py --data-dir results/default/data \
+    python scripts/search/latent_search.py --data-dir results/default/data \
         --init results/default/train/cot_sft/seed0/model --setting '{"variant": "atp", "steps": 1200}' \
         --out search.jsonl
 
@@ -21,7 +21,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # What the searches set differently from the schema's `train` defaults (TrainConfig's own).
 TRAIN_DEFAULTS = dict(steps=1200, min_lr_ratio=0.1, log_every=100, checkpoint_every=10**9, keep_checkpoints=1, val_samples=0)
@@ -83,7 +83,7 @@ def main() -> None:
     else:
         from atp.config import load
 
-        model_cfg = load(Path(__file__).resolve().parents[1] / "config" / "config.yaml")["model"]
+        model_cfg = load(Path(__file__).resolve().parents[2] / "config" / "config.yaml")["model"]
         backbone = modeling.build_model(
             {**model_cfg, **{k[6:]: v for k, v in setting.items() if k.startswith("model_")}}, tokenizer
         )

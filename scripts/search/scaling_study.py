@@ -1,12 +1,12 @@
 """The scaling study: each latent method's margin over the better control against latent-stage compute.
 
     # 1. the grid (one CoT-SFT model per width, then every method x budget x seed from it):
-    python scripts/scaling_study.py grid --data D4 --widths 64 96 --budgets 1 2 4 --seeds 0 1 \
+    python scripts/search/scaling_study.py grid --data D4 --widths 64 96 --budgets 1 2 4 --seeds 0 1 \
         > docs/experiments/scaling-grid.jsonl
-    python scripts/run_grid.py --grid docs/experiments/scaling-grid.jsonl --root /tmp/grid \
+    python scripts/search/run_grid.py --grid docs/experiments/scaling-grid.jsonl --root /tmp/grid \
         --out docs/experiments/scaling-results.jsonl
     # 2. the table and the plot (validation accuracy only):
-    python scripts/scaling_study.py plot --results docs/experiments/scaling-results.jsonl --out docs/scaling
+    python scripts/search/scaling_study.py plot --results docs/experiments/scaling-results.jsonl --out docs/scaling
 
 A budget of k is k x 1200 optimizer steps of 16 and 300 steps per curriculum stage before the last (the
 default latent stage until commit dec1cdb; config/config.yaml's default is now 4x); the controls (pause, No-CoT
@@ -30,7 +30,7 @@ METHODS = ("icot", "coconut", "codi", "simcot", "atp")
 ICOT_EVERY_PER_STEP = 100 / 5100
 CONTROLS = ("pause", "nocot")
 BASE_STEPS, BASE_STAGE_STEPS = 1200, 300
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Sizes of a width's model: the default's proportions (4 layers, MLP 4x, heads of 24 or 32 dims).
 SIZES = {64: (4, 2, 256), 96: (4, 4, 384), 128: (4, 4, 512), 192: (4, 8, 768)}
 
@@ -51,7 +51,7 @@ def model_setting(width: int) -> dict:
 
 def grid(args) -> None:
     tag = f"_{args.tag}" if args.tag else ""
-    print("# The scaling study (scripts/scaling_study.py grid); names: <data>-w<width>-x<budget>-<method>-s<seed>.")
+    print("# The scaling study (scripts/search/scaling_study.py grid); names: <data>-w<width>-x<budget>-<method>-s<seed>.")
     for width in args.widths:
         cot = f"{args.data}/cot_w{width}"
         if not args.reuse_cot:
