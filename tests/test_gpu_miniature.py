@@ -59,12 +59,12 @@ def test_the_gpu_miniature_is_about_a_thousand_times_the_cpu_miniature_at_width_
 
     for method in ("cot_sft", "nocot_sft"):
         assert 900 <= compute(gpu, method) / compute(default, method) <= 1100, method
-    for method in ("coconut", "simcot", "atp"):  # the default's latent stage is 4x the scaling study's unit
+    for method in ("coconut", "codi", "simcot", "atp", "atp_cvae"):  # the default's latent stage: 4x the study's unit
         assert 900 <= 4 * compute(gpu, method) / compute(default, method) <= 1100, method
     # The controls get as many optimizer steps as ATP-Latent (RL) in all: latent steps + RL steps x updates per step.
     rl = method_rl(gpu, "atp_rl")
     updates = method_train(gpu, "atp_rl")["steps"] * rl["questions"] * rl["group_size"] // rl["minibatch_size"]
-    for control in ("nocot_ft", "pause"):
+    for control in ("nocot_ft", "pause", "icot"):  # iCoT gets the controls' budget
         assert method_train(gpu, control)["steps"] == method_train(gpu, "atp")["steps"] + updates
     assert 4 * gpu["latent"]["stage_steps"] == method_train(gpu, "atp")["steps"]  # a quarter per stage, as the default
     assert gpu["train"]["bf16"] and gpu["eval"]["bf16"] and not default["train"]["bf16"]
