@@ -142,6 +142,15 @@ def check(config: dict) -> None:
             raise ConfigError(f"config key 'methods.{name}.variant': a latent_sft method needs a variant")
         if method["stage"] != "latent_sft" and ("variant" in method or method.get("latent")):
             raise ConfigError(f"config key 'methods.{name}.variant': only latent_sft methods take a variant or latent settings")
+        owner = method.get("evaluates")
+        if owner is not None:
+            if owner not in methods or methods[owner].get("evaluates") is not None:
+                raise ConfigError(f"config key 'methods.{name}.evaluates': {owner!r} is not a method that trains")
+            same = ("stage", "variant", "format")
+            if any(method.get(k) != methods[owner].get(k) for k in same) or method.get("init") is not None:
+                raise ConfigError(f"config key 'methods.{name}.evaluates': needs the stage and variant of {owner!r} and no init")
+            if not set(method_seeds(config, name)) <= set(method_seeds(config, owner)):
+                raise ConfigError(f"config key 'methods.{name}.evaluates': {owner!r} is not trained with every seed of {name!r}")
         if (method.get("format") == "icot") != ("removal" in method):
             raise ConfigError(
                 f"config key 'methods.{name}.removal': an sft method with format icot, and only one, takes a removal schedule"
@@ -171,7 +180,8 @@ def rl_root_ok(spec: dict) -> bool:
 
     if spec["stage"] == "sft":
         return spec.get("format", "cot") == "cot"
-    return spec["stage"] == "latent_sft" and VARIANTS[spec["variant"]].stochastic
+    variant = VARIANTS[spec["variant"]] if spec["stage"] == "latent_sft" else None
+    return variant is not None and variant.stochastic and not variant.compress  # CoLaR's RL is not built yet
 
 
 def rl_root(config: dict, name: str) -> str:
@@ -314,7 +324,12 @@ def job_config(config: dict, job: str) -> dict:
         return job
     if kind == "eval" and method in config["methods"]:
         spec = {k: v for k, v in config["methods"][method].items() if k in JOB_METHOD_KEYS}
-        return {**base, "eval": config["eval"], "methods": {method: spec}}
+        job = {**base, "eval": config["eval"], "methods": {method: spec}}
+        from atp.variants import VARIANTS
+
+        if spec["stage"] == "latent_sft" and VARIANTS[spec["variant"]].compress:  # the factor CoLaR asks for
+            job["latent"] = {"compression": method_latent(config, method)["compression"]}
+        return job
     if job == "table":  # the rows' names and order only: a method's budget must not rerun the table
         rows = {name: {k: v for k, v in spec.items() if k in TABLE_METHOD_KEYS} for name, spec in config["methods"].items()}
         return {**base, "methods": rows, "seeds": config["seeds"]}
@@ -476,6 +491,9 @@ class LatentConfig:
     decoder_weight: float = setting("latent", "decoder_weight")
     teacher_weight: float = setting("latent", "teacher_weight")
     distill_weight: float = setting("latent", "distill_weight")
+    compression: int = setting("latent", "compression")
+    max_compression: int = setting("latent", "max_compression")
+    embed_weight: float = setting("latent", "embed_weight")
     rescale: str = setting("latent", "rescale")
     scale: float = setting("latent", "scale")
     head_hidden: int | None = setting("latent", "head_hidden")
@@ -500,6 +518,8 @@ class LatentConfig:
             raise ValueError(f"head: must be 'mlp' or 'residual', not {self.head!r}")
         if self.choice < 0:
             raise ValueError(f"choice: must be >= 0, got {self.choice}")
+        if self.spec.compress and (self.head != "mlp" or self.choice):
+            raise ValueError("head: colar predicts the next compressed embedding itself: needs head mlp and no choice")
         if self.posterior and not (self.choice and self.spec.feed in ("sample", "mu") and self.spec.kl):
             raise ValueError("posterior: needs latent.choice > 0 and a variant with sampled latents and a KL (atp)")
 

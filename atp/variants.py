@@ -20,6 +20,7 @@ class Variant:
     surplus: str  # fixed (surplus slots stay in the context) | masked (removed, the stop head learns them)
     surplus_target: str | None  # what the decoder reads from a surplus step: eos | answer | None
     project: bool = False  # the fed hidden state goes through a trained MLP + LayerNorm first (CODI's projection)
+    compress: bool = False  # CoLaR: SFT on the CoT compressed r tokens to a latent, the LM head ends the latents
     distill: bool = False  # CODI's self-distillation: a teacher pass on the written CoT, its CE, and its hidden states
     # at the answer aligned with the student's (atp/latent/objective.py)
 
@@ -37,5 +38,6 @@ VARIANTS = {
     "codi": Variant(
         "hidden", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None, project=True, distill=True
     ),
+    "colar": Variant("sample", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None, compress=True),
     "pause": Variant("pause", kl=False, decoder=False, stop=False, surplus="fixed", surplus_target=None),
 }

@@ -220,6 +220,7 @@ def test_every_variant_trains_with_finite_loss_and_round_trips_through_disk(tiny
         | ({"dec"} if VARIANTS[variant].decoder else set())
         | ({"stop"} if VARIANTS[variant].stop else set())
         | ({"teacher", "distill"} if VARIANTS[variant].distill else set())
+        | ({"embed"} if VARIANTS[variant].compress else set())
     )
     assert expected_parts <= {k[6:] for k in recorder.logged[-1][1]}
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
@@ -487,3 +488,76 @@ def test_codi_aligns_the_token_that_predicts_the_answers_number(tiny_data):
         assert float(sums["distill"]) == pytest.approx(0.0, abs=1e-6) and float(sums["teacher"]) > 0
         moved = distill_sums(model, teacher, tuple(f + 1.0 for f in fake))
         assert float(moved["distill"]) > 0.1
+
+
+# ---------------------------------------------------------------- CoLaR
+
+
+def test_colar_compresses_a_known_cot_and_predicts_a_token_of_each_next_chunk(tiny_data):
+    """CoT tokens 10 11 1 12 13 1 at r = 2: chunks (10 11) (1 12) (13 1), each a latent of sum / sqrt(2); the LM head
+    predicts at <bot> a token of chunk 0, at chunk j a token of chunk j + 1, <eot> after the last, then the answer."""
+    import random
+
+    from atp.latent.compress import chunks, make_compressed_batch, plan_row
+
+    assert chunks([1, 2, 3, 4, 5, 6, 7], 3) == [[1, 2, 3], [4, 5, 6], [7]]
+    model, _, _ = make(tiny_data, "colar", c=1, max_steps=8)
+    rec = LatentRecord(
+        index=0, prompt=[5, 6], steps=[[10, 11, 1], [12, 13, 1]], step_texts=[], answer=[7, 8, 99], answer_text=[7, 8]
+    )
+    row = plan_row(model, rec, 2, random.Random(0))
+    assert row.prefix == [5, 6, model.latent_id, model.latent_id, model.bot_id]  # the factor asked for: 2 markers
+    assert row.chunks == [[10, 11], [1, 12], [13, 1]] and row.suffix == [model.eot_id, 7, 8, 99]
+    assert [t in c for t, c in zip(row.chunk_targets, row.chunks)] == [True, True, True]
+    assert row.chunk_targets[-1] == model.eot_id
+    batch = make_compressed_batch(model, [row], "cpu")
+    P = 5
+    assert batch.is_chunk[0].tolist() == [False] * P + [True] * 3 + [False] * 4
+    assert batch.chunk_ids[0, P + 1].tolist() == [1, 12] and batch.chunk_weights[0, P + 2].tolist() == pytest.approx(
+        [2**-0.5] * 2
+    )
+    assert batch.labels[0].tolist() == [-100] * (P - 1) + row.chunk_targets + [7, 8, 99, -100]
+    assert batch.latent_from[0].tolist() == [P - 1, P, P + 1] and batch.latent_at[0].tolist() == [P, P + 1, P + 2]
+    # The fed latents are the chunks' embeddings over sqrt(2): an all-chunk input is what compressed_loss_sums builds.
+    embed = model.backbone.get_input_embeddings().weight
+    expected = (embed[1] + embed[12]) / 2**0.5
+    built = (embed[batch.chunk_ids[0, P + 1]] * batch.chunk_weights[0, P + 1].unsqueeze(-1)).sum(0)
+    assert torch.allclose(built, expected)
+
+
+def test_colar_asks_for_its_compression_and_stops_when_its_lm_head_says_eot(tiny_data):
+    model, records, _ = make(tiny_data, "colar", c=1, max_steps=6, compression=5)
+    prefix, _ = model.prefix([[5, 6]])
+    assert prefix[0].tolist()[-6:] == [model.latent_id] * 5 + [model.bot_id]
+    prompts = [r.prompt for r in records[:4]]
+    free = model.generate(prompts, mode="mu")
+    assert all(1 <= x["latents"] <= 6 for x in free)
+    always_eot = torch.full((len(model.backbone.get_output_embeddings().weight),), -10.0)
+    always_eot[model.eot_id] = 10.0
+    model.logits = lambda hidden: always_eot.expand(*hidden.shape[:-1], -1)  # the LM head says <eot> everywhere
+    assert [x["latents"] for x in model.generate(prompts, mode="mu")] == [1] * 4  # one latent, then <eot>
+    assert [x["latents"] for x in model.generate(prompts, mode="sample", generator=torch.Generator().manual_seed(0))] == [1] * 4
+
+
+def test_colar_settings_are_checked():
+    from atp.config import ConfigError, job_config
+    from conftest import tiny_config
+
+    with pytest.raises(ValueError, match="head mlp"):
+        LatentConfig(variant="colar", head="residual")
+    colar = {"stage": "latent_sft", "variant": "colar", "init": "cot_sft"}
+    alias = {"stage": "latent_sft", "variant": "colar", "evaluates": "colar", "latent": {"compression": 5}}
+    methods = {"cot_sft": {"stage": "sft"}, "colar": colar, "colar_5": alias}
+    cfg = tiny_config(methods=methods)
+    # The second row's evaluation reads the factor it asks for; its training job is never built.
+    assert job_config(cfg, "eval_colar_5")["latent"] == {"compression": 5}
+    assert job_config(cfg, "eval_colar")["latent"] == {"compression": 2}
+    bad = [
+        ({**alias, "evaluates": "nothing"}, "is not a method that trains"),
+        ({**alias, "variant": "coconut", "latent": {}}, "needs the stage and variant"),
+        ({**alias, "init": "cot_sft"}, "needs the stage and variant"),
+        ({**alias, "seeds": [0, 1]}, "is not trained with every seed"),
+    ]
+    for spec, message in bad:
+        with pytest.raises(ConfigError, match=f"methods.colar_5.evaluates.*{message}"):
+            tiny_config(methods={**methods, "colar_5": spec})

@@ -204,7 +204,11 @@ class LatentObjective:
     """
 
     def __init__(self, cfg: LatentConfig, seed: int, eos_id: int, eot_id: int):
+        from atp.latent.compress import CompressedObjective
+
         self.cfg, self.seed, self.eos_id, self.eot_id = cfg, seed, eos_id, eot_id
+        # CoLaR trains in one teacher-forced pass over compressed CoT instead (atp/latent/compress.py).
+        self.compressed = CompressedObjective(cfg, seed) if cfg.spec.compress else None
 
     def stages(self, records: list[LatentRecord], step: int) -> list[int]:
         stage = self.cfg.stage(step)
@@ -219,6 +223,8 @@ class LatentObjective:
         return out
 
     def totals(self, records: list[LatentRecord], step: int) -> dict[str, float]:
+        if self.compressed is not None:
+            return self.compressed.totals(records, step)
         spec = self.cfg.spec
         t = {"tokens": 0.0, "latents": 0.0, "dec_steps": 0.0, "stops": 0.0, "rows": float(len(records)), "teacher_tokens": 0.0}
         for r, k in zip(records, self.stages(records, step)):
@@ -231,6 +237,8 @@ class LatentObjective:
         return {k: max(v, 1.0) for k, v in t.items()}
 
     def loss(self, model, records: list[LatentRecord], totals: dict[str, float], step: int, device):
+        if self.compressed is not None:
+            return self.compressed.loss(model, records, totals, step, device)
         inner = model.module if hasattr(model, "module") else model  # through DDP
         batch = make_batch(inner, records, self.stages(records, step), device)
         sums = model(batch)  # forward: loss_sums

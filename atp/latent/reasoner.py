@@ -149,13 +149,17 @@ class LatentReasoner(nn.Module):
         """Prompts followed by <bot>, left-padded so that the first slot is one column for every row."""
         from atp.batches import left_pad
 
-        return left_pad([p + [self.bot_id] for p in prompts], self.pad_id)
+        marker = [self.latent_id] * self.cfg.compression if self.cfg.spec.compress else []  # CoLaR: the factor asked for
+        return left_pad([p + marker + [self.bot_id] for p in prompts], self.pad_id)
 
     def embedding_norm(self) -> torch.Tensor | None:
         """The mean token-embedding norm fed-back vectors are scaled to (None unless `rescale: embedding_norm`).
 
-        Computed once per loop, not per slot: on a large vocabulary it reads the whole embedding matrix.
+        Computed once per loop, not per slot: on a large vocabulary it reads the whole embedding matrix. For CoLaR
+        (compressing variants) the embedding matrix's std instead: its latent head works in that unit.
         """
+        if self.cfg.spec.compress:
+            return self.backbone.get_input_embeddings().weight.detach().float().std()
         if self.cfg.rescale != "embedding_norm":
             return None
         return self.backbone.get_input_embeddings().weight.detach().norm(dim=-1).mean()
@@ -219,7 +223,8 @@ class LatentReasoner(nn.Module):
         if temperature != 1.0:
             logvar = logvar + 2.0 * math.log(temperature)
         z = self._draw(mu, logvar, mode, generator, forced)
-        return {"mu": mu, "logvar": logvar, "z": z, "vector": z, "feed": self.feed_scale(z, norm)}
+        feed = z * norm if self.cfg.spec.compress else self.feed_scale(z, norm)  # CoLaR: back to embedding units
+        return {"mu": mu, "logvar": logvar, "z": z, "vector": z, "feed": feed}
 
     def _draw(self, mu, logvar, mode, generator, forced) -> torch.Tensor:
         """The latent (z, or the choice c) of a Gaussian head: the given one (RL's replay), a draw, or the mean."""
@@ -380,6 +385,13 @@ class LatentReasoner(nn.Module):
             cache = next_pass(cache)
             h = out.last_hidden_state[:, -1]
             next_pos = next_pos + active
+            if spec.compress and stop_rule is not None:  # CoLaR: the LM head ends the latents by saying <eot>
+                logits = self.logits(h).float()
+                if stop_rule == "argmax":
+                    said = logits.argmax(-1)
+                else:
+                    said = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                stopped = stopped | (said == self.eot_id)
             if stop_rule is not None and bool(stopped.all()):
                 state[:, j + 1 :] = MASKED
                 break
@@ -410,11 +422,19 @@ class LatentReasoner(nn.Module):
     def forward(self, batch: LatentBatch) -> dict[str, torch.Tensor]:
         """The sums of the latent-SFT loss terms over a micro-batch (atp.latent.objective.loss_sums); a module's
         forward, so that DDP and FSDP see the training pass."""
+        from atp.latent.compress import CompressedBatch, compressed_loss_sums
         from atp.latent.objective import loss_sums
 
-        return loss_sums(self, batch)
+        return compressed_loss_sums(self, batch) if isinstance(batch, CompressedBatch) else loss_sums(self, batch)
 
     # ------------------------------------------------------------ inference
+
+    def stop_rule(self, mode: str) -> str | None:
+        """How inference ends the latents: the stop head's argmax; for CoLaR the LM head's <eot>, sampled with sampled
+        latents as CoLaR does (argmax with mu latents); None: the whole budget."""
+        if self.cfg.spec.compress:
+            return "argmax" if mode == "mu" else "sample"
+        return "argmax" if self.cfg.spec.stop else None
 
     @torch.no_grad()
     def generate(
@@ -440,7 +460,7 @@ class LatentReasoner(nn.Module):
             state,
             mode=mode,
             generator=generator,
-            stop_rule="argmax" if self.cfg.spec.stop else None,
+            stop_rule=self.stop_rule(mode),
         )
         used = (run.state == ACTIVE).sum(-1)
         feeds = run.feed

@@ -14,6 +14,7 @@ Writes <out-dir>/<suite>/predictions.jsonl and <out-dir>/<suite>/metrics.json.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -92,6 +93,8 @@ def main(args, config: dict) -> None:
     seed_everything(args.seed)
     latent = is_latent(args.model)
     model, tokenizer = load_latent(args.model) if latent else load_model(args.model)
+    if latent and model.cfg.spec.compress and "latent" in config:  # CoLaR: the compression this row asks for
+        model.cfg = dataclasses.replace(model.cfg, compression=config["latent"]["compression"])
     model.to(dist.device)
     evaluate = evaluate_latent if latent else evaluate_language
     trained_by = read_json(Path(args.model) / "meta.json").get("config_hash")  # the training job's config, for the table

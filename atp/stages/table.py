@@ -19,7 +19,7 @@ log = logging.getLogger("atp.table")
 
 # Rows as in the paper's Table 1: language baselines, the two controls, then implicit methods (iCoT, an sft format,
 # among them) and ablations.
-VARIANT_ORDER = ["pause", "icot", "coconut", "codi", "simcot", "atp", "atp_no_vae", "atp_no_stop"]
+VARIANT_ORDER = ["pause", "icot", "coconut", "codi", "colar", "simcot", "atp", "atp_no_vae", "atp_no_stop"]
 
 
 def start_spec(spec: dict, methods: dict) -> dict:

@@ -112,6 +112,12 @@ def init_model(wildcards):
     return f"results/{wildcards.exp}/train/{init}/seed{seed}/model"
 
 
+def eval_model(wildcards):
+    """The model an evaluation reads: the method's own, or (`evaluates`) the model another method trained."""
+    owner = config["methods"][wildcards.method].get("evaluates") or wildcards.method
+    return f"results/{wildcards.exp}/train/{owner}/seed{wildcards.seed}/model"
+
+
 def init_arg(wildcards, input):
     return f"--init {input.init}" if input.get("init") else ""
 

@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         config="results/{exp}/configs/eval_{method}.yaml",
-        model=rules.train.output.model,
+        model=eval_model,
         suites=rules.prepare_data.output.suites,
         parent=rules.tracking.output[0],
     output:
