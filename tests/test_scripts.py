@@ -211,3 +211,31 @@ def test_rl_search_pairs_a_run_with_the_frozen_control_that_samples_as_it_does()
     assert rl_search.schedule({"name": "hot", "rl": {"temperature": default_temperature + 0.3}}) != control
     assert rl_search.schedule({"name": "long", "train": {"steps": 10 * control["steps"]}}) != control
     assert rl_search.schedule({"name": "seed1", "seed": 1, "rl": {"frozen": True}}) != control
+
+
+@pytest.mark.slow
+def test_stage_point_runs_a_methods_own_stage_with_overrides_and_scores_validation(tiny_data, tmp_path):
+    from atp import config, modeling
+    from conftest import tiny_config, write_data_dir
+
+    cfg, splits, tok = tiny_data
+    data = write_data_dir(tmp_path / "data", splits, tok)
+    modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "cot", {})
+    icot = {"stage": "sft", "format": "icot", "init": "cot_sft", "removal": {"every": 5}}
+    pipeline = tiny_config(methods={"cot_sft": {"stage": "sft"}, "icot": icot}, train={"val_samples": 4})
+    config.dump(pipeline, tmp_path / "config.yaml")
+    results = tmp_path / "results.jsonl"
+    overrides = {"removal": {"every": 1}, "train": {"steps": 3}}
+    subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "search" / "stage_point.py"), "--method", "icot", "--overrides", json.dumps(overrides)]
+        + ["--config", str(tmp_path / "config.yaml"), "--init", str(tmp_path / "cot"), "--data-dir", str(data)]
+        + ["--out-dir", str(tmp_path / "point"), "--results", str(results)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    (line,) = [json.loads(x) for x in results.read_text().splitlines()]
+    assert line["rc"] == 0 and line["overrides"] == overrides and 0 <= line["val/accuracy"] <= 1
+    job = config.load(tmp_path / "point" / "job.yaml")
+    assert job["methods"]["icot"]["removal"]["every"] == 1 and job["train"]["steps"] == 3
