@@ -65,7 +65,7 @@ def test_the_scaling_grid_gives_icot_a_scaled_removal_schedule_and_codi_no_curri
         text=True,
     ).stdout
     points = {p["setting"]["variant"]: p["setting"] for p in (json.loads(x) for x in out.splitlines() if x.startswith("{"))}
-    assert points["icot"]["removal_every"] == 47 and "stage_steps" not in points["icot"]  # 100/5100 of 2400 steps
+    assert points["icot"]["removal_every"] == 28 and "stage_steps" not in points["icot"]  # 60/5100 of 2400 steps
     assert points["codi"]["stage_steps"] == 0 and points["coconut"]["stage_steps"] == 600
 
 

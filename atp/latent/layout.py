@@ -89,7 +89,9 @@ def encode_latent_records(records: list[dict], tokenizer, max_length: int, cfg: 
         prompt = prompt_ids(tokenizer, r["question"])
         steps = [tokenizer.encode(s + "\n", add_special_tokens=False) for s in r["steps"]]
         answer = tokenizer.encode(answer_text(r["answer"]), add_special_tokens=False)
-        value_start = next(i for i in range(len(answer)) if any(ch.isdigit() for ch in tokenizer.decode(answer[: i + 1])))
+        # The answer's first number token (a tokenizer without digits, say a word-level one: the line's last token).
+        digits = (i for i in range(len(answer)) if any(ch.isdigit() for ch in tokenizer.decode(answer[: i + 1])))
+        value_start = next(digits, max(len(answer) - 1, 0))
         if not steps or len(prompt) + 2 + cfg.slots + sum(map(len, steps)) + len(answer) + 1 > max_length:
             dropped += 1
             continue

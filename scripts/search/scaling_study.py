@@ -26,8 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 METHODS = ("icot", "coconut", "codi", "simcot", "atp")
-# iCoT's removal schedule at a budget: config/config.yaml's (a token every 100 of its 5100 steps), scaled to the steps.
-ICOT_EVERY_PER_STEP = 100 / 5100
+# iCoT's removal schedule at a budget: config/config.yaml's (a token every 60 of its 5100 steps), scaled to the steps.
+ICOT_EVERY_PER_STEP = 60 / 5100
 CONTROLS = ("pause", "nocot")
 BASE_STEPS, BASE_STAGE_STEPS = 1200, 300
 ROOT = Path(__file__).resolve().parents[2]
