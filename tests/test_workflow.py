@@ -40,10 +40,10 @@ def test_dag_produces_the_table_and_per_example_predictions(pipeline):
         predictions = (exp / "eval" / "cot_sft" / "seed0" / suite / "predictions.jsonl").read_text().splitlines()
         assert len(predictions) == 40 and {"gold", "prediction", "generation"} <= set(json.loads(predictions[0]))
     csv = (exp / "table.csv").read_text().splitlines()
-    assert csv[0].startswith("method,label,seeds") and len(csv) == 8
+    assert csv[0].startswith("method,label,seeds") and len(csv) == 7
     rows = [line.split(",")[0] for line in csv[1:]]
-    # baselines (CoT + RL after CoT-SFT), controls, implicit methods (iCoT first), RL
-    assert rows == ["cot_sft", "cot_rl", "nocot_sft", "pause", "icot", "atp", "atp_rl"]
+    # baselines (CoT + RL after CoT-SFT), controls, latent methods, RL
+    assert rows == ["cot_sft", "cot_rl", "nocot_sft", "pause", "atp", "atp_rl"]
     latent = json.loads((exp / "eval" / "atp" / "seed0" / "test" / "metrics.json").read_text())
     assert latent["samples"] == 2 and latent["tokens"] == pytest.approx(latent["latents"] + latent["answer_tokens"])
     assert latent["vote"] == 3 and 0 <= latent["accuracy_vote"] <= 1 and "## Majority vote" in table  # eval.vote
