@@ -180,8 +180,10 @@ def rl_root_ok(spec: dict) -> bool:
 
     if spec["stage"] == "sft":
         return spec.get("format", "cot") == "cot"
-    variant = VARIANTS[spec["variant"]] if spec["stage"] == "latent_sft" else None
-    return variant is not None and variant.stochastic and not variant.compress  # CoLaR's RL is not built yet
+    if spec["stage"] != "latent_sft":
+        return False
+    variant = VARIANTS[spec["variant"]]
+    return variant.stochastic and not variant.compress  # CoLaR's RL is not built yet
 
 
 def rl_root(config: dict, name: str) -> str:

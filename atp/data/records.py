@@ -78,6 +78,14 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
+def append_jsonl(path: str | os.PathLike, record: dict) -> str:
+    """Append one record as a JSON line (keys sorted) and return the line: a search's results file, one point a line."""
+    line = json.dumps(record, sort_keys=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    return line
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write records atomically (temp file then rename), so a crash leaves no partial file."""
     path = Path(path)

@@ -145,7 +145,7 @@ class CompressedObjective:
     def totals(self, records: list[LatentRecord], step: int) -> dict[str, float]:
         tokens = latents = 0
         for record in records:
-            n = math.ceil(sum(map(len, record.steps)) / self.factor(record, step))
+            n = len(chunks([t for s in record.steps for t in s], self.factor(record, step)))
             latents += n
             tokens += n + 1 + len(record.answer)  # a token of each next chunk, <|end-latent|>, the answer and EOS
         return {"tokens": float(max(tokens, 1)), "chunks": float(max(latents, 1))}

@@ -43,22 +43,20 @@ class Teacher:
 
 
 def make_teacher(model: LatentReasoner, records: list[LatentRecord], layouts: list[Layout], device) -> Teacher:
-    """The teacher sequences of a micro-batch; the aligned token is the one that predicts the answer's number."""
+    """The teacher sequences of a micro-batch (padded as CoT-SFT's, atp.batches.collate); the aligned token is the
+    one that predicts the answer's number."""
+    from atp.batches import Example, collate
+
     rows = [r.prompt + [t for step in r.steps for t in step] + r.answer for r in records]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), model.pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (r, row) in enumerate(zip(records, rows)):
-        ids[b, : len(row)] = torch.tensor(row)
-        mask[b, : len(row)] = 1
-        labels[b, len(r.prompt) : len(row)] = torch.tensor(row[len(r.prompt) :])
+    batch = collate(
+        [Example(row, [IGNORE] * len(r.prompt) + row[len(r.prompt) :]) for r, row in zip(records, rows)], model.pad_id
+    )
     position = [len(row) - len(r.answer) + r.value_start - 1 for r, row in zip(records, rows)]
     student = [len(lay.suffix) - len(r.answer) + r.value_start - 1 for r, lay in zip(records, layouts)]
     return Teacher(
-        ids.to(device),
-        mask.to(device),
-        labels[:, 1:].to(device),
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        batch["labels"][:, 1:].to(device),
         torch.tensor(position, device=device),
         torch.tensor(student, device=device),
     )

@@ -53,7 +53,7 @@ def main() -> None:
 
     from atp import modeling
     from atp.config import TrainConfig
-    from atp.data.records import read_jsonl
+    from atp.data.records import append_jsonl, read_jsonl
     from atp.evaluate import greedy_generate, latent_validation, score
     from atp.latent import LatentConfig, LatentObjective, LatentReasoner, encode_latent_records
     from atp.runtime import Dist, seed_everything
@@ -135,10 +135,7 @@ def main() -> None:
         seconds_per_step=round(seconds / train_cfg.steps, 4),
         final_loss={k: round(v, 4) for k, v in metrics.items() if k.startswith("train/") and isinstance(v, float)},
     )
-    line = json.dumps(result, sort_keys=True)
-    print(line, flush=True)
-    with open(args.out, "a", encoding="utf-8") as handle:
-        handle.write(line + "\n")
+    print(append_jsonl(args.out, result), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     from atp import config
+    from atp.data.records import append_jsonl
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--method", required=True)
@@ -57,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     line = {"name": out.name, "method": args.method, "seed": args.seed, "overrides": overrides, "rc": rc}
     line.update({k: v for k, v in metrics.items() if k.startswith("val/")})
     line["seconds"] = round(time.time() - started, 1)
-    text = json.dumps(line, sort_keys=True)
-    print(text, flush=True)
-    if args.results:
-        with open(args.results, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    print(append_jsonl(args.results, line) if args.results else json.dumps(line, sort_keys=True), flush=True)
     return rc
 
 

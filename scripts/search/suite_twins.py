@@ -40,7 +40,7 @@ def main() -> None:
 
     from atp import modeling
     from atp.config import load
-    from atp.data.records import read_jsonl
+    from atp.data.records import append_jsonl, read_jsonl
     from atp.data.synthetic import SuiteSpec, generate_split, twin_name
     from atp.evaluate import greedy_generate, score
     from atp.text import normalise_question
@@ -69,10 +69,7 @@ def main() -> None:
             "tokens": m["tokens"],
             "seconds": round(time.time() - started, 1),
         }
-        line = json.dumps(result, sort_keys=True)
-        print(line, flush=True)
-        with open(args.out, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        print(append_jsonl(args.out, result), flush=True)
 
 
 if __name__ == "__main__":
