@@ -182,8 +182,7 @@ def rl_root_ok(spec: dict) -> bool:
         return spec.get("format", "cot") == "cot"
     if spec["stage"] != "latent_sft":
         return False
-    variant = VARIANTS[spec["variant"]]
-    return variant.stochastic and not variant.compress  # CoLaR's RL is not built yet
+    return VARIANTS[spec["variant"]].stochastic
 
 
 def rl_root(config: dict, name: str) -> str:
@@ -206,7 +205,7 @@ def check_rl(config: dict, name: str) -> None:
     if methods[name].get("init") is not None and not rl_root_ok(methods[root]):
         raise ConfigError(
             f"config key 'methods.{name}.init': an rl method starts from a latent_sft method with sampled latents "
-            "(variant atp or atp_no_stop) or from a CoT sft method (token-level GRPO on written CoT)"
+            "(variant atp, atp_no_stop or colar) or from a CoT sft method (token-level GRPO on written CoT)"
         )
     rl = method_rl(config, name)
     to_dataclass(RewardConfig, rl.get("rewards") or {}, f"methods.{name}.rl.rewards")

@@ -85,10 +85,10 @@ def test_the_gpu_miniature_dry_runs_every_method_one_gpu_job_at_a_time_per_slot(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     counts = job_counts(done.stdout)
-    # CoT-SFT, No-CoT, both controls, iCoT, Coconut, CODI, CoLaR, SIM-CoT, ATP-Latent and its CVAE policy, four RL runs,
-    # CoT + RL and the three frozen controls; CoLaR-5 evaluates CoLaR's model.
-    assert counts["train"] == 19 and counts["evaluate"] == 17 and counts["prepare_data"] == 1 and counts["table"] == 1
+    # CoT-SFT, No-CoT, both controls, iCoT, Coconut, CODI, CoLaR, SIM-CoT, ATP-Latent and its CVAE policy, five RL runs
+    # (CoLaR's too), CoT + RL and the four frozen controls; CoLaR-5 evaluates CoLaR's model.
+    assert counts["train"] == 21 and counts["evaluate"] == 18 and counts["prepare_data"] == 1 and counts["table"] == 1
     # gpu=1 per job: atp.launch runs `python -m atp.stages.<stage>` in one process, not accelerate.
-    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 19
+    assert done.stdout.count("python -m atp.launch --gpus 1 ") == 21
     assert "results/gpu_miniature/train/atp/seed0/model" in done.stdout
     assert not (tmp_path / "results").exists()  # a dry run

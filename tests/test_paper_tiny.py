@@ -33,7 +33,7 @@ def test_every_job_of_the_paper_dag_runs_and_writes_the_table(paper):
     workdir, planned, configs = paper
     cfg = config.load(ROOT / "config" / "config.yaml", *configs)
     enabled = [m for m, spec in cfg["methods"].items() if spec["enabled"] or m == "atp_e15"]
-    rows = [m for m in enabled if m not in ("atp_e15", "atp_rl_frozen", "cot_rl_frozen")]
+    rows = [m for m in enabled if m != "atp_e15" and not config.is_frozen_control(cfg, m)]
     trained = [m for m in enabled if not cfg["methods"][m].get("evaluates")]  # CoLaR-5 evaluates CoLaR's model
     assert trained != enabled and planned["train"] == len(trained) and planned["evaluate"] == len(rows)
     assert planned["prepare_data"] == planned["table"] == planned["report_figures"] == 1

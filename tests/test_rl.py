@@ -70,6 +70,83 @@ def test_replay_gives_the_rollout_log_probabilities_before_any_update(tiny_data,
         assert torch.equal(traj.masks["stop"].sum(-1), used // 2 + traj.stop_labels.sum(-1))
 
 
+def colar_policy(tiny_data, eot_scale: float = 20.0):
+    """An untrained CoLaR policy whose LM head says <eot> often enough (its <eot> row scaled up) that rows stop
+    after 1..5 latents; the seed-0 rollout below has both kinds of row."""
+    cfg, splits, tok = tiny_data
+    seed_everything(0)
+    model = LatentReasoner(
+        modeling.build_model(cfg["model"], tok), LatentConfig(variant="colar", c=1, max_steps=5, head="mlp"), tok
+    )
+    with torch.no_grad():
+        model.backbone.get_output_embeddings().weight[model.eot_id] *= eot_scale
+    prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4]]
+    return model.eval(), [p for p in prompts for _ in range(4)], tok
+
+
+def test_colar_rollouts_score_each_latent_by_its_mean_log_density_and_each_eot_decision(tiny_data):
+    """CoLaR's policy: a row that ran k latents made k stop decisions (the LM head's <eot> or not after each), the
+    last one <eot>; a row that ran the whole budget (5) made 4, none <eot>. Replay gives the rollout's
+    log-probabilities back, also for rows whose <eot> came at the last slot the loop ran (the loop stops there,
+    so the rollout's slots end with it)."""
+    model, prompts, _ = colar_policy(tiny_data)
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6, latent_logp="mean")
+    traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(0))
+    used = traj.latents_used
+    assert set(traj.old) == {"latent", "stop", "answer"}
+    stopped = used < 5
+    assert stopped.any() and (~stopped).any() and (used >= 1).all()
+    assert torch.equal(traj.masks["latent"].sum(-1), used)
+    assert torch.equal(traj.stop_labels.sum(-1), stopped.long())
+    assert torch.equal(traj.masks["stop"].sum(-1), used.clamp(max=4))
+    for b in torch.nonzero(stopped).flatten().tolist():  # the <eot> is the row's last decision, after its last latent
+        assert traj.stop_labels[b, used[b] - 1] == 1 and traj.masks["stop"][b, used[b] - 1]
+    new = replay(model, traj, cfg)
+    for key in new:
+        m = traj.masks[key]
+        assert torch.allclose(new[key][m], traj.old[key][m], atol=1e-4), key
+    # The stop log-probabilities are log p(<eot>) and log(1 - p(<eot>)) of the LM head: each row's decisions sum to
+    # at most 0 and an <eot> is a likelier choice here than any one other token.
+    assert (traj.old["stop"][traj.masks["stop"]] <= 0).all()
+    # CoLaR's latent log-density: the mean over dimensions, the sum's 1/d
+    sums = replay(model, traj, RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6))
+    m = traj.masks["latent"]
+    d = model.core.config.hidden_size
+    assert torch.allclose(sums["latent"][m], new["latent"][m] * d, atol=1e-3)
+
+
+def test_a_colar_grpo_step_runs_from_a_ratio_of_one_and_its_update_moves_the_latent_head_and_backbone(tiny_data):
+    from atp.rl import grpo_step
+
+    model, prompts, tok = colar_policy(tiny_data)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.0)  # a weight moves only by its gradient
+    cfg = RLConfig(questions=4, group_size=4, minibatch_size=8, max_answer_tokens=6, latent_logp="mean")
+    metrics, trajectories = grpo_step(
+        model,
+        optimizer,
+        trainable,
+        prompts,
+        ["1"] * 16,
+        cfg,
+        RewardConfig(coherence=0.0),
+        tok,
+        torch.Generator().manual_seed(0),
+        1.0,
+    )
+    assert len(trajectories) == 16 and all(t["latent_steps"] == [] for t in trajectories)  # no step decoder
+    assert metrics["rl/first_clip_fraction"] == 0.0 and metrics["rl/first_max_abs_log_ratio"] < 1e-5
+    # The untrained policy's rewards are all 0: an update with advantages given by hand
+    traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(1))
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0] * 4), 4)
+    loss, _, _ = ppo_clip_loss(replay(model, traj, cfg), traj.old, traj.masks, advantages, cfg)
+    loss.backward()
+    optimizer.step()
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert any(k.startswith("backbone.") for k in changed) and any(k.startswith("mu_head") for k in changed)
+
+
 def test_latent_temperature_widens_the_draws_and_replay_scores_them_under_the_tempered_gaussian(tiny_data):
     """z ~ N(mu, (T sigma)^2): the draws' spread around mu grows T-fold, and replay at the same T gives
     the rollout's log-densities back (at T = 1 it would not: those are other densities)."""

@@ -42,8 +42,8 @@ def test_the_slurm_profile_dry_runs_the_paper_config_offline(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     counts = job_counts(result.stdout)
     assert (
-        counts["train"] == 17 and counts["evaluate"] == 15 and counts["prepare_data"] == 1
-    )  # + cot_rl, iCoT, CODI, CoLaR (and CoLaR-5, evaluated only), and the two frozen RL controls, not evaluated
+        counts["train"] == 19 and counts["evaluate"] == 16 and counts["prepare_data"] == 1
+    )  # + cot_rl, iCoT, CODI, CoLaR (and CoLaR-5, evaluated only), CoLaR's RL, and the three frozen RL controls, not evaluated
 
 
 def _install_slurm() -> str | None:

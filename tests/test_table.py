@@ -25,10 +25,26 @@ def test_rows_follow_baselines_controls_then_latent_methods():
         "atp_rl": {"stage": "rl", "init": "atp"},
         "coconut": {"stage": "latent_sft", "variant": "coconut"},
         "icot": {"stage": "sft", "format": "icot", "init": "cot_sft"},  # an sft format, but an implicit method
+        "colar_rl": {"stage": "rl", "init": "colar"},  # RL right after the model it starts from
+        "colar": {"stage": "latent_sft", "variant": "colar"},
+        "simcot": {"stage": "latent_sft", "variant": "simcot"},
     }
     metrics = [metric(name, "test", 0.5) for name in methods]
     frame, _ = aggregate(metrics, methods)
-    expected = ["cot_sft", "nocot_sft", "nocot_ft", "pause", "icot", "coconut", "atp", "atp_rl", "atp_no_vae"]
+    expected = [
+        "cot_sft",
+        "nocot_sft",
+        "nocot_ft",
+        "pause",
+        "icot",
+        "coconut",
+        "colar",
+        "colar_rl",
+        "simcot",
+        "atp",
+        "atp_rl",
+        "atp_no_vae",
+    ]
     assert list(frame["method"]) == expected
 
 

@@ -31,7 +31,9 @@ class SlotRun:
     z: torch.Tensor | None = None  # (B, n, d) the latents (variants with a latent head)
     mu: torch.Tensor | None = None
     logvar: torch.Tensor | None = None
-    stop_logits: torch.Tensor | None = None  # (B, n, 2) (variants with a stop head)
+    # (B, n, 2): the stop head's logits at each slot, deciding that slot; for CoLaR, the LM head's log-probabilities
+    # of [not <eot>, <eot>] after each slot's latent, deciding whether the next slot runs
+    stop_logits: torch.Tensor | None = None
     vector: torch.Tensor | None = None  # (B, n, d) the latent before feed_scale (z itself without a choice variable)
     q_mu: torch.Tensor | None = None  # (B, n, k) the posterior of the choice variable (latent.posterior, in SFT)
     q_logvar: torch.Tensor | None = None
@@ -385,13 +387,14 @@ class LatentReasoner(nn.Module):
             cache = next_pass(cache)
             h = out.last_hidden_state[:, -1]
             next_pos = next_pos + active
-            if spec.compress and stop_rule is not None:  # CoLaR: the LM head ends the latents by saying <eot>
+            if spec.compress:  # CoLaR: the LM head ends the latents by saying <eot>
                 logits = self.logits(h).float()
+                records["stop_logits"].append(eot_or_not(logits.log_softmax(-1), self.eot_id))
                 if stop_rule == "argmax":
-                    said = logits.argmax(-1)
-                else:
+                    stopped = stopped | (logits.argmax(-1) == self.eot_id)
+                elif stop_rule is not None:
                     said = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-                stopped = stopped | (said == self.eot_id)
+                    stopped = stopped | (said == self.eot_id)
             if stop_rule is not None and bool(stopped.all()):
                 state[:, j + 1 :] = MASKED
                 break
@@ -532,6 +535,13 @@ class LatentReasoner(nn.Module):
                 ids = ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
                 texts[i].append(tokenizer.decode(ids, skip_special_tokens=True))
         return texts
+
+
+def eot_or_not(logp: torch.Tensor, eot_id: int) -> torch.Tensor:
+    """(B, 2) log-probabilities of [any token but <eot>, <eot>] from the LM head's (B, V): CoLaR's stop as a
+    two-way choice (RL scores it like a stop head's)."""
+    rest = torch.logsumexp(torch.cat([logp[:, :eot_id], logp[:, eot_id + 1 :]], dim=-1), dim=-1)
+    return torch.stack([rest, logp[:, eot_id]], dim=-1)
 
 
 def answer_ids(tokens: torch.Tensor, taken: torch.Tensor, eos_id: int) -> list[list[int]]:

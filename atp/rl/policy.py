@@ -74,17 +74,26 @@ def gaussian_logp(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, reduc
 
 
 def _slot_logps(
-    model: LatentReasoner, run: SlotRun, state: torch.Tensor, latent_logp: str = "sum"
+    model: LatentReasoner,
+    run: SlotRun,
+    state: torch.Tensor,
+    latent_logp: str = "sum",
+    stop_labels: torch.Tensor | None = None,
 ) -> tuple[dict, dict, torch.Tensor]:
-    """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels."""
+    """Latent and stop log-probabilities per slot from a run's records, with their masks and stop labels
+    (`stop_labels` given: a replay scores the rollout's stop decisions)."""
+    if model.cfg.spec.compress:
+        return _compressed_slot_logps(model, run, state, latent_logp, stop_labels)
     z, mu, logvar = run.z, run.mu, run.logvar
+    state = state[:, : run.slots_run]  # the slots run (a stop-head variant's stop is among them)
     R, N = state.shape
     boundary = step_boundaries(N, model.cfg.c, state.device)
     masked = state == MASKED
     # The stop slot: the first masked slot (always a step boundary); everything after it is masked too.
     first_masked = torch.where(masked.any(-1), masked.float().argmax(-1), torch.full((R,), N, device=state.device))
     cols = torch.arange(N, device=state.device)[None]
-    stop_labels = (cols == first_masked[:, None]).long()
+    if stop_labels is None:
+        stop_labels = (cols == first_masked[:, None]).long()
     reached = cols <= first_masked[:, None]
     logps = {"latent": gaussian_logp(z, mu, logvar, latent_logp)}
     masks = {"latent": reached & (cols < N)}
@@ -92,6 +101,28 @@ def _slot_logps(
         stop_logits = run.stop_logits.float()
         logps["stop"] = stop_logits.log_softmax(-1).gather(-1, stop_labels[..., None]).squeeze(-1)
         masks["stop"] = reached & boundary[None]
+    return logps, masks, stop_labels
+
+
+def _compressed_slot_logps(model, run, state, latent_logp, stop_labels) -> tuple[dict, dict, torch.Tensor]:
+    """`_slot_logps` of CoLaR: its latents (CoLaR's RL averages their log-density over dimensions, `rl.latent_logp:
+    mean`) and its stops, the LM head's <eot> or not after each latent (`SlotRun.stop_logits`). A row that ran k
+    latents decided k times, the last <eot>; one that ran the whole budget decided N - 1 times, never <eot> (the
+    last slot's decision ends nothing). CoLaR's own RL scores only the <eot>; this scores each decision, as for a
+    stop head, so that RL can also teach the policy to go on. `state` is the rollout's over all N slots (a
+    replay's may be cut short: it gives `stop_labels`)."""
+    R, n = run.z.shape[:2]
+    cols = torch.arange(n, device=state.device)[None]
+    used = (state == ACTIVE).sum(-1)
+    if stop_labels is None:
+        said_eot = used < model.cfg.slots
+        stop_labels = ((cols == used[:, None] - 1) & said_eot[:, None]).long()
+    decided = used.clamp(max=model.cfg.slots - 1)  # decisions that counted
+    logps = {
+        "latent": gaussian_logp(run.z, run.mu, run.logvar, latent_logp),
+        "stop": run.stop_logits.float().log_softmax(-1).gather(-1, stop_labels[..., None]).squeeze(-1),
+    }
+    masks = {"latent": cols < used[:, None], "stop": cols < decided[:, None]}
     return logps, masks, stop_labels
 
 
@@ -110,12 +141,12 @@ def rollout(model, prompts: list[list[int]], cfg: RLConfig, generator: torch.Gen
 
         return token_rollout(model, prompts, cfg, generator)
     if not model.cfg.spec.stochastic:
-        raise ValueError(f"RL needs sampled latents; variant {model.cfg.variant!r} has none (use atp or atp_no_stop)")
+        raise ValueError(f"RL needs sampled latents; variant {model.cfg.variant!r} has none (atp, atp_no_stop, colar)")
     device = next(model.parameters()).device
     R = len(prompts)
     prefix, prefix_mask = model.prefix(prompts)
     state = torch.full((R, model.cfg.slots), ACTIVE, dtype=torch.long, device=device)
-    stop_rule = "sample" if model.cfg.spec.stop else None
+    stop_rule = "sample" if model.cfg.spec.stop or model.cfg.spec.compress else None  # the stop sampled
     run = model.run_prefix_and_slots(
         prefix.to(device),
         prefix_mask.to(device),
@@ -125,8 +156,8 @@ def rollout(model, prompts: list[list[int]], cfg: RLConfig, generator: torch.Gen
         stop_rule=stop_rule,
         latent_temperature=cfg.latent_temperature,
     )
+    logps, masks, stop_labels = _slot_logps(model, run, run.state, cfg.latent_logp)
     state = run.state[:, : run.slots_run]
-    logps, masks, stop_labels = _slot_logps(model, run, state, cfg.latent_logp)
     answer, answer_mask, answer_logp = model.decode_answer(run, cfg.max_answer_tokens, cfg.temperature, generator)
     masks["answer"] = answer_mask
     logps["answer"] = answer_logp * answer_mask
@@ -164,7 +195,7 @@ def replay(model, traj: Trajectories, cfg: RLConfig) -> dict[str, torch.Tensor]:
         forced_z=traj.z,
         latent_temperature=cfg.latent_temperature,
     )
-    logps, _, _ = _slot_logps(model, run, traj.state, cfg.latent_logp)
+    logps, _, _ = _slot_logps(model, run, traj.state, cfg.latent_logp, traj.stop_labels)
     R = len(traj.prompts)
     eot = torch.full((R, 1), model.eot_id, dtype=torch.long, device=device)
     suffix = torch.cat([eot, traj.answer], dim=1)

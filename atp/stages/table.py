@@ -40,16 +40,18 @@ def is_implicit_row(spec: dict, methods: dict) -> bool:
 
 def row_order(name: str, spec: dict, methods: dict | None = None) -> tuple:
     """Language baselines (CoT + RL right after CoT-SFT), controls, latent methods by variant; RL from a latent
-    method right after ATP-Latent (SFT)."""
+    method right after the latent methods of its start's variant (ATP-Latent's after ATP-Latent (SFT))."""
     stage = spec.get("stage", "sft")
     if stage == "sft" and spec.get("format") == "icot":
         return (1, VARIANT_ORDER.index("icot"), 0, name)
     if stage == "sft":
         return (0, spec.get("format", "cot") != "cot", spec.get("init") is not None, name)
     if stage == "rl":
-        if start_spec(spec, methods or {}).get("stage") == "sft":
+        start = start_spec(spec, methods or {})
+        if start.get("stage") == "sft":
             return (0, False, True, name)
-        return (1, VARIANT_ORDER.index("atp"), 1, name)
+        variant = start.get("variant") if start.get("variant") in VARIANT_ORDER else "atp"
+        return (1, VARIANT_ORDER.index(variant), 1, name)
     variant = spec.get("variant", "")
     return (1, VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), 0, name)
 
