@@ -124,6 +124,7 @@ def stages(llama):
     return llama
 
 
+@pytest.mark.slow  # `stages` runs every stage CLI on a 128k-vocabulary model (about 75 s)
 def test_data_prep_reads_every_benchmark_format_and_keeps_the_tokenizers_own_specials(stages):
     card = json.loads((stages / "data" / "card.json").read_text())
     sources = {c["split"]: c["sources"] for c in card["splits"] if "/" not in c["split"]}
@@ -139,6 +140,7 @@ def test_data_prep_reads_every_benchmark_format_and_keeps_the_tokenizers_own_spe
         assert tokenizer.encode(marker, add_special_tokens=False) == [tokenizer.convert_tokens_to_ids(marker)]
 
 
+@pytest.mark.slow  # `stages` runs every stage CLI on a 128k-vocabulary model (about 75 s)
 def test_the_latent_markers_start_from_the_embedding_of_chevrons_and_are_added_once(stages):
     from safetensors.torch import load_file
 
@@ -157,6 +159,7 @@ def test_the_latent_markers_start_from_the_embedding_of_chevrons_and_are_added_o
     assert decoder.get("pad_token_id") in (PAD_ID, None)  # None: a copy of the backbone, whose config has no pad
 
 
+@pytest.mark.slow  # `stages` runs every stage CLI on a 128k-vocabulary model (about 75 s)
 def test_prompts_and_labels_are_laid_out_as_method_md_says_for_a_pretrained_model(stages):
     """BOS + question + newline, then the CoT target and EOS, loss on the target only; the latent stage the same."""
     from atp.batches import IGNORE
@@ -178,6 +181,7 @@ def test_prompts_and_labels_are_laid_out_as_method_md_says_for_a_pretrained_mode
     assert [tokenizer.decode(s) for s in latent.step_texts] == record["steps"]
 
 
+@pytest.mark.slow  # `stages` runs every stage CLI on a 128k-vocabulary model (about 75 s)
 def test_eos_ends_generation_and_is_neither_decoded_nor_counted(stages, tmp_path):
     """CoT-SFT overfit on one problem: greedy decoding writes its CoT and stops at the tokenizer's EOS."""
     from atp.data.records import read_jsonl, write_jsonl
@@ -198,6 +202,7 @@ def test_eos_ends_generation_and_is_neither_decoded_nor_counted(stages, tmp_path
         assert parse_answer(text) == record["answer"]
 
 
+@pytest.mark.slow  # `stages` runs every stage CLI on a 128k-vocabulary model (about 75 s)
 def test_evaluation_and_explain_read_back_byte_level_generations(stages, capsys):
     from atp import explain
 
