@@ -16,12 +16,12 @@ from atp.runtime import seed_everything
 TINY_DECODER = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}
 
 
-def policy(tiny_data, variant="atp", c=2, max_steps=3):
+def policy(tiny_data, variant="atp", c=2, max_steps=3, **latent):
     cfg, splits, tok = tiny_data
     seed_everything(0)
     model = LatentReasoner(
         modeling.build_model(cfg["model"], tok),
-        LatentConfig(variant=variant, c=c, max_steps=max_steps, decoder=TINY_DECODER),
+        LatentConfig(variant=variant, c=c, max_steps=max_steps, decoder=TINY_DECODER, **latent),
         tok,
     )
     prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4]]
@@ -73,15 +73,10 @@ def test_replay_gives_the_rollout_log_probabilities_before_any_update(tiny_data,
 def colar_policy(tiny_data, eot_scale: float = 20.0):
     """An untrained CoLaR policy whose LM head says <eot> often enough (its <eot> row scaled up) that rows stop
     after 1..5 latents; the seed-0 rollout below has both kinds of row."""
-    cfg, splits, tok = tiny_data
-    seed_everything(0)
-    model = LatentReasoner(
-        modeling.build_model(cfg["model"], tok), LatentConfig(variant="colar", c=1, max_steps=5, head="mlp"), tok
-    )
+    model, prompts, tok = policy(tiny_data, "colar", c=1, max_steps=5, head="mlp")
     with torch.no_grad():
         model.backbone.get_output_embeddings().weight[model.eot_id] *= eot_scale
-    prompts = [modeling.prompt_ids(tok, r["question"]) for r in splits["train"][:4]]
-    return model.eval(), [p for p in prompts for _ in range(4)], tok
+    return model, prompts, tok
 
 
 def test_colar_rollouts_score_each_latent_by_its_mean_log_density_and_each_eot_decision(tiny_data):
@@ -105,8 +100,7 @@ def test_colar_rollouts_score_each_latent_by_its_mean_log_density_and_each_eot_d
     for key in new:
         m = traj.masks[key]
         assert torch.allclose(new[key][m], traj.old[key][m], atol=1e-4), key
-    # The stop log-probabilities are log p(<eot>) and log(1 - p(<eot>)) of the LM head: each row's decisions sum to
-    # at most 0 and an <eot> is a likelier choice here than any one other token.
+    # The stop log-probabilities are log p(<eot>) and log(1 - p(<eot>)) of the LM head: never above 0.
     assert (traj.old["stop"][traj.masks["stop"]] <= 0).all()
     # CoLaR's latent log-density: the mean over dimensions, the sum's 1/d
     sums = replay(model, traj, RLConfig(questions=4, group_size=4, minibatch_size=16, max_answer_tokens=6))

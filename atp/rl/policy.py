@@ -111,7 +111,7 @@ def _compressed_slot_logps(model, run, state, latent_logp, stop_labels) -> tuple
     last slot's decision ends nothing). CoLaR's own RL scores only the <eot>; this scores each decision, as for a
     stop head, so that RL can also teach the policy to go on. `state` is the rollout's over all N slots (a
     replay's may be cut short: it gives `stop_labels`)."""
-    R, n = run.z.shape[:2]
+    n = run.z.shape[1]
     cols = torch.arange(n, device=state.device)[None]
     used = (state == ACTIVE).sum(-1)
     if stop_labels is None:
