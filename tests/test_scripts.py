@@ -69,6 +69,114 @@ def test_the_scaling_grid_gives_icot_a_scaled_removal_schedule_and_codi_no_curri
     assert points["codi"]["stage_steps"] == 0 and points["coconut"]["stage_steps"] == 600
 
 
+def test_the_config_series_scales_each_methods_steps_curriculum_and_removal_pace_by_the_budget():
+    """config/config.yaml's budget is 4x (1200-step curriculum stages): at 1x every method gets a quarter of its steps,
+    pause a quarter of its stage length, iCoT a quarter of its removal interval; CODI (no curriculum) and CoLaR (no
+    curriculum stages) get no stage override."""
+    out = subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "search" / "scaling_study.py"), "grid", "--from-config", "config/config.yaml"]
+        + ["--data", "default", "--init", "default/cot", "--budgets", "1", "--seeds", "0"]
+        + ["--methods", "icot", "codi", "colar", "pause", "nocot_ft"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    points = {p["method"]: p for p in (json.loads(x) for x in out.splitlines() if x.startswith("{"))}
+    assert points["icot"]["overrides"] == {"train": {"steps": 1275}, "removal": {"every": 15}}
+    assert points["pause"]["overrides"] == {"train": {"steps": 1275}, "latent": {"stage_steps": 300}}
+    assert points["codi"]["overrides"] == points["colar"]["overrides"] == {"train": {"steps": 1200}}
+    assert points["nocot_ft"]["name"] == "default-w128-x1-nocot_ft-s0" and points["nocot_ft"]["init"] == "default/cot"
+    bad = subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "search" / "scaling_study.py"), "grid", "--from-config", "config/config.yaml"]
+        + ["--data", "default", "--methods", "cot_sft"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bad.returncode != 0 and "methods.cot_sft" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_config_series_runs_through_run_grid_collect_and_plot(tiny_data, tmp_path):
+    """Two budgets of a tiny config's iCoT and No-CoT FT, each its pipeline stage through run_grid; the full budget read
+    from a run's folder by `collect`; margins taken within the series even beside another series' controls."""
+    from atp import config, modeling
+    from conftest import tiny_config, write_data_dir
+
+    cfg, splits, tok = tiny_data
+    write_data_dir(tmp_path / "root" / "D", splits, tok)
+    modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "root" / "D" / "cot", {})
+    pause = {"stage": "latent_sft", "variant": "pause", "init": "cot_sft", "train": {"steps": 6}}
+    methods = {
+        "cot_sft": {"stage": "sft"},
+        "icot": {"stage": "sft", "format": "icot", "init": "cot_sft", "removal": {"every": 4}, "train": {"steps": 6}},
+        "nocot_ft": {"stage": "sft", "format": "nocot", "init": "cot_sft", "train": {"steps": 6}},
+        "pause": pause,
+    }
+    # A 2x config (curriculum stages of 600): at 1x, half of every method's steps and of iCoT's removal interval.
+    pipeline = tiny_config(methods=methods, train={"val_samples": 4}, latent={"stage_steps": 600})
+    config.dump(pipeline, tmp_path / "config.yaml")
+    script = str(ROOT / "scripts" / "search" / "scaling_study.py")
+    grid = subprocess.run(
+        [PYTHON, script, "grid", "--from-config", str(tmp_path / "config.yaml"), "--data", "D", "--init", "D/cot"]
+        + ["--budgets", "1", "--seeds", "0", "--methods", "icot", "nocot_ft", "pause"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (tmp_path / "grid.jsonl").write_text(grid)
+    assert json.loads(grid.splitlines()[1])["overrides"] == {"train": {"steps": 3}, "removal": {"every": 2}}
+    results = tmp_path / "results.jsonl"
+    subprocess.run(
+        [PYTHON, str(ROOT / "scripts" / "search" / "run_grid.py"), "--grid", str(tmp_path / "grid.jsonl")]
+        + ["--root", str(tmp_path / "root"), "--out", str(results), "--deadline", "600"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=700,
+    )
+    lines = {x["name"]: x for x in map(json.loads, results.read_text().splitlines())}
+    assert set(lines) == {"D-w32-x1-icot-s0", "D-w32-x1-nocot_ft-s0", "D-w32-x1-pause-s0"}
+    assert all(x["rc"] == 0 and 0 <= x["val/accuracy"] <= 1 for x in lines.values())
+    job = config.load(tmp_path / "root" / "points" / "D-w32-x1-icot-s0" / "job.yaml")
+    assert job["train"]["steps"] == 3 and job["methods"]["icot"]["removal"]["every"] == 2
+    # The full budget: a run folder with the pipeline's metrics for two seeds.
+    for method, seed, acc in [("icot", 0, 0.6), ("icot", 1, 0.7), ("nocot_ft", 0, 0.5), ("pause", 0, 0.55)]:
+        folder = tmp_path / "run" / "train" / method / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"val/accuracy": acc, "train/loss": 1.0}))
+    collected = subprocess.run(
+        [PYTHON, script, "collect", "--run", str(tmp_path / "run"), "--methods", "icot", "nocot_ft", "pause"]
+        + ["--config", str(tmp_path / "config.yaml"), "--data", "D"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    full = tmp_path / "full.jsonl"
+    full.write_text(collected)
+    assert [json.loads(x)["name"] for x in collected.splitlines()] == [
+        "D-w32-x2-icot-s0",
+        "D-w32-x2-icot-s1",
+        "D-w32-x2-nocot_ft-s0",
+        "D-w32-x2-pause-s0",
+    ]
+    # Another series at the same width, budget and seed, whose controls must not be used for this one's margins.
+    other = tmp_path / "other.jsonl"
+    other.write_text(
+        "".join(json.dumps({"name": f"E-w32-x2-{m}-s0", "val_accuracy": v}) + "\n" for m, v in [("pause", 0.9), ("nocot", 0.9)])
+    )
+    subprocess.run(
+        [PYTHON, script, "plot", "--results", str(results), str(full), str(other), "--out", str(tmp_path / "plot")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    table = (tmp_path / "plot" / "scaling.md").read_text()
+    assert "| 32 | 2x | 0 | icot (D) | 60.0 | 55.0 | 50.0 | +5.0 |" in table  # seed 1 has no controls: no row
+    assert "| 32 | icot (D) | 2x | +5.0 +- 0.0 (n=1) |" in table and "(E)" not in table
+
+
 @pytest.mark.slow
 def test_the_kv_cache_benchmark_runs(tmp_path):
     out = tmp_path / "bench.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 
@@ -242,6 +243,20 @@ def test_an_overlay_changing_one_methods_budget_changes_no_other_method(pipeline
     # overlays in place, so a shared YAML object would carry the change over to pause.
     result = snakemake(pipeline, "-n", extra_config="methods: {nocot_ft: {train: {steps: 9}}}\n")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_the_three_seed_overlay_grows_a_finished_run_by_its_new_seeds_only(pipeline):
+    """config/three_seeds.yaml pointed at a finished run's experiment keeps every seed-0 job: it trains and evaluates
+    seeds 1 and 2 of the methods that have seeds (CoT-SFT and No-CoT train once) and remakes the table."""
+    from conftest import TEST_CONFIG
+
+    overlay = [TEST_CONFIG, ROOT / "config" / "three_seeds.yaml"]
+    result = snakemake(pipeline, "-n", configs=overlay, extra_config="experiment: test\n")
+    counts = job_counts(result.stdout)
+    trained = [p.parent.name for p in (pipeline / "results" / "test" / "train").glob("*/seed0")]
+    assert counts.get("train") == 2 * (len(trained) - 2) and counts.get("table") == 1 and "prepare_data" not in counts
+    jobs = re.findall(r"wildcards: exp=test, method=(\w+), seed=(\d+)", result.stdout)
+    assert jobs and all(seed in ("1", "2") and method not in ("cot_sft", "nocot_sft") for method, seed in jobs)
 
 
 def test_changing_an_rl_setting_reruns_only_the_rl_stage_and_what_follows(pipeline):

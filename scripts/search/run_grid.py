@@ -1,11 +1,13 @@
-"""Run a grid of `latent_search.py` points side by side, within a deadline.
+"""Run a grid of `latent_search.py` (or `stage_point.py`) points side by side, within a deadline.
 
     python scripts/search/run_grid.py --grid docs/experiments/grid.jsonl --root .search --out results.jsonl \
         --cpu-lanes 16 --gpu-lanes 2 --deadline 500
 
 Each grid line: {"name", "data" (folder under --root), "init" (model folder under
 --root, or null for a new model), "save" (folder under --root, or null),
-"setting" (see latent_search.py), "lane" ("cpu", "gpu" or "any")}. A point starts
+"setting" (see latent_search.py), "lane" ("cpu", "gpu" or "any")}; a line with "method", "seed" and "overrides"
+instead of "setting" runs that pipeline method's own stage (stage_point.py, with the settings of the line's "config",
+config/config.yaml if none; its folder goes under <root>/points/). A point starts
 when its init model exists, in file order; at the deadline the points still
 running are stopped (their lines are missing from --out). Each point's log tail
 goes to <out>.logs.
@@ -22,6 +24,23 @@ import time
 from pathlib import Path
 
 
+def command(point: dict, root: Path, out: str, lane: str) -> list[str]:
+    """The point's command line: the method's pipeline stage (stage_point.py) or a latent_search.py setting."""
+    here = Path(__file__).resolve().parent
+    if "method" in point:
+        cmd = [sys.executable, str(here / "stage_point.py"), "--method", point["method"], "--seed", str(point["seed"])]
+        cmd += ["--overrides", json.dumps(point.get("overrides", {})), "--data-dir", str(root / point["data"])]
+        cmd += ["--out-dir", str(root / "points" / point["name"]), "--results", out]
+        cmd += ["--config", point["config"]] if point.get("config") else []
+        return cmd + (["--init", str(root / point["init"])] if point.get("init") else [])
+    cmd = [sys.executable, str(here / "latent_search.py"), "--data-dir", str(root / point["data"])]
+    cmd += ["--setting", json.dumps(point["setting"]), "--out", out, "--device", "cuda" if lane == "gpu" else "cpu"]
+    cmd += ["--threads", "1", "--checkpoint-dir", f"/tmp/grid_ckpt/{point['name']}", "--name", point["name"]]
+    if point.get("init"):
+        cmd += ["--init", str(root / point["init"])]
+    return cmd + (["--save", str(root / point["save"])] if point.get("save") else [])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--grid", required=True)
@@ -34,7 +53,6 @@ def main() -> None:
     args = p.parse_args()
     root = Path(args.root)
     points = [json.loads(line) for line in Path(args.grid).read_text().splitlines() if line.strip() and not line.startswith("#")]
-    script = Path(__file__).resolve().parent / "latent_search.py"
     logs = Path("/tmp/grid_logs")
     logs.mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple[subprocess.Popen, str, dict, float]] = {}
@@ -58,33 +76,12 @@ def main() -> None:
                 init = point.get("init")
                 if init and not (root / init / "meta.json").exists():
                     continue
-                wanted = point.get("lane", "any")
+                wanted = "cpu" if "method" in point else point.get("lane", "any")
                 lanes = ["gpu", "cpu"] if wanted == "any" else [wanted]
                 lane = next((x for x in lanes if used(x) < capacity[x]), None)
                 if lane is None:
                     continue
-                cmd = [
-                    sys.executable,
-                    str(script),
-                    "--data-dir",
-                    str(root / point["data"]),
-                    "--setting",
-                    json.dumps(point["setting"]),
-                    "--out",
-                    args.out,
-                    "--device",
-                    "cuda" if lane == "gpu" else "cpu",
-                    "--threads",
-                    "1",
-                    "--checkpoint-dir",
-                    f"/tmp/grid_ckpt/{point['name']}",
-                    "--name",
-                    point["name"],
-                ]
-                if init:
-                    cmd += ["--init", str(root / init)]
-                if point.get("save"):
-                    cmd += ["--save", str(root / point["save"])]
+                cmd = command(point, root, args.out, lane)
                 handle = open(logs / f"{point['name']}.log", "w")
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
                 running[point["name"]] = (
