@@ -257,7 +257,7 @@ def plot(args) -> None:
     budgets = sorted({k[3] for k in margins})
     ax.set_xticks([b * BASE_STEPS for b in budgets], [f"{b * BASE_STEPS:g} ({b:g}x)" for b in budgets])
     ax.minorticks_off()
-    ax.set_xlabel("latent-stage optimizer steps (batch 16); the controls get as many")
+    ax.set_xlabel("latent-stage optimizer steps (batch 16); the controls get at least as many")
     ax.set_ylabel("val accuracy minus the better control (points)")
     ax.set_title("Where does latent reasoning beat its controls? (validation, mean +- std over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
