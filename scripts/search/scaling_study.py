@@ -174,10 +174,9 @@ def parse(name: str) -> dict | None:
     parts = name.split("-")
     if len(parts) != 5 or not parts[1].startswith("w") or not parts[2].startswith("x"):
         return None
-    method = CONTROL_ALIASES.get(parts[3], parts[3])
-    return {"data": parts[0], "width": int(parts[1][1:]), "budget": float(parts[2][1:]), "method": method} | {
-        "seed": int(parts[4][1:])
-    }
+    data, width, budget, method, seed = parts
+    method = CONTROL_ALIASES.get(method, method)
+    return {"data": data, "width": int(width[1:]), "budget": float(budget[1:]), "method": method, "seed": int(seed[1:])}
 
 
 def accuracy(result: dict) -> float | None:
