@@ -128,7 +128,9 @@ def test_a_colar_grpo_step_runs_from_a_ratio_of_one_and_its_update_moves_the_lat
         torch.Generator().manual_seed(0),
         1.0,
     )
-    assert len(trajectories) == 16 and all(t["latent_steps"] == [] for t in trajectories)  # no step decoder
+    # No step decoder: no chains to count (the report shows '-' rather than 1 chain and 0 valid ones per group).
+    assert len(trajectories) == 16 and all(t["latent_steps"] is None for t in trajectories)
+    assert "rl/distinct_chains" not in metrics and "rl/distinct_answers" in metrics
     assert metrics["rl/first_clip_fraction"] == 0.0 and metrics["rl/first_max_abs_log_ratio"] < 1e-5
     # The untrained policy's rewards are all 0: an update with advantages given by hand
     traj = rollout(model, prompts, cfg, torch.Generator().manual_seed(1))

@@ -155,6 +155,9 @@ def test_diversity_metrics_of_hand_built_groups():
     assert abs(out["rl/noise_over_mu"] - 0.35) < 1e-9
     bare = diversity_metrics([{"latent_steps": [], "completion": "### 1"}] * 4, 2)
     assert set(bare) == {"rl/distinct_chains", "rl/distinct_answers"}
+    # A policy that decodes no chains (CoLaR: no step decoder) reports none, rather than one empty chain per group.
+    chainless = diversity_metrics([{"latent_steps": None, "completion": "### 1"}] * 4, 2)
+    assert set(chainless) == {"rl/distinct_answers"}
 
 
 def test_pass_at_k_of_a_language_model_and_of_a_latent_policy(tiny_data):

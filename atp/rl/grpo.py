@@ -112,6 +112,8 @@ def grpo_step(
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in traj.answer_ids(model.eos_id)]
     if token_policy:  # the coherence reward reads the steps the policy wrote
         steps = [extract_steps(text) for text in completions]
+    # A latent policy without a step decoder (CoLaR) has no chains to count: its chain diagnostics stay absent.
+    chains = token_policy or model.cfg.spec.decoder
     rewards = total(completions, answers if reward_cfg.needs_gold else None, steps, reward_cfg)
     accuracy = rewards["correct"] if reward_cfg.needs_gold else correct(completions, answers=answers)  # monitoring only here
     # Groups are whole on each process, so the advantages need nothing from the other processes.
@@ -150,12 +152,12 @@ def grpo_step(
             {
                 "question_row": rank * R + b,
                 "latents": used[b],
-                "latent_steps": steps[b],
+                "latent_steps": steps[b] if chains else None,
                 "completion": completions[b],
                 "gold": answers[b],
                 **{f"reward_{k}": v[b] for k, v in rewards.items()},
                 "advantage": round(float(row_advantages[b]), 6),
-                **({} if gold_steps is None else {"valid_chain": valid_chain(steps[b], gold_steps[b])}),
+                **({} if gold_steps is None or not chains else {"valid_chain": valid_chain(steps[b], gold_steps[b])}),
                 **({} if noise_ratio is None else {"noise_over_mu": round(float(noise_ratio[b]), 6)}),
             }
             for b in range(R)
@@ -216,17 +218,17 @@ def valid_chain(steps: list[str], gold: list[str]) -> bool:
 
 def diversity_metrics(trajectories: list[dict], group_size: int) -> dict[str, float]:
     """How much a step's groups differ inside (what GRPO can tell apart): distinct chains (decoded latent steps or
-    written steps), distinct answers and, where the gold CoT was given, distinct valid chains per group; the
-    latent noise's norm over the norm of mu, where the policy has latents."""
+    written steps; absent where a policy decodes none, `latent_steps` None), distinct answers and, where the gold CoT
+    was given, distinct valid chains per group; the latent noise's norm over the norm of mu, where the policy has
+    latents."""
     import statistics
 
     from atp.text import parse_answer
 
     groups = [trajectories[i : i + group_size] for i in range(0, len(trajectories), group_size)]
-    out = {
-        "rl/distinct_chains": statistics.fmean(len({tuple(t["latent_steps"]) for t in g}) for g in groups),
-        "rl/distinct_answers": statistics.fmean(len({parse_answer(t["completion"]) for t in g}) for g in groups),
-    }
+    out = {"rl/distinct_answers": statistics.fmean(len({parse_answer(t["completion"]) for t in g}) for g in groups)}
+    if all(t["latent_steps"] is not None for t in trajectories):
+        out["rl/distinct_chains"] = statistics.fmean(len({tuple(t["latent_steps"]) for t in g}) for g in groups)
     if all("valid_chain" in t for t in trajectories):
         out["rl/distinct_valid_chains"] = statistics.fmean(
             len({tuple(t["latent_steps"]) for t in g if t["valid_chain"]}) for g in groups
