@@ -74,12 +74,16 @@ def render(ref_dir: Path) -> str:
     lines = ["| " + " | ".join(header) + " |", "|---" + "|--:" * (len(header) - 1) + "|"]
     for r in rows:
         accs = [f"{float(r[f'{s}_acc']):.1f}" for s in suites]
-        spread = f" ± {float(r['avg_acc_std']):.1f}" if seeds > 1 else ""
+        # A row trained once (CoT-SFT and No-CoT: every seed's start) has no spread over seeds to show.
+        spread = f" ± {float(r['avg_acc_std']):.1f}" if seeds > 1 and int(float(r["seeds"])) > 1 else ""
         lines.append(
             "| " + " | ".join([r["label"], *accs, f"{float(r['avg_acc']):.1f}{spread}", f"{float(r['avg_tokens']):.1f}"]) + " |"
         )
     source = ref_dir.relative_to(ROOT) if ref_dir.is_relative_to(ROOT) else ref_dir
-    seed_note = f"mean ± std over {seeds} training seeds" if seeds > 1 else "one training seed"
+    once = [r["label"] for r in rows if int(float(r["seeds"])) == 1]
+    seed_note = "one training seed"
+    if seeds > 1:
+        seed_note = f"mean ± std over {seeds} training seeds" + (f" ({', '.join(once)}: trained once)" if once else "")
     caption = (
         f"Test accuracy (%) on the four suites, {seed_note}; tokens: generated per question, the paper's count. "
         f"Run of {run['date']} at commit {run['commit'][:7]}{' (uncommitted changes)' if run.get('dirty') else ''}, "

@@ -55,6 +55,16 @@ def test_the_readme_block_is_rendered_from_the_reference_and_a_changed_figure_is
     assert ref.readme_block(updated) != ref.render(out)
 
 
+def test_a_row_trained_once_shows_no_spread_beside_rows_over_seeds(tmp_path):
+    out = tmp_path / "ref"
+    table = TABLE_CSV.replace("CoT-SFT,2,80.25,20.0,50.125,1.5", "CoT-SFT,1,80.25,20.0,50.125,0.0")
+    ref.save(reference(tmp_path, table), out, "2-core VM", 2871, "2026-12-06")
+    block = ref.render(out)
+    assert "| CoT-SFT | 80.2 | 20.0 | 50.1 | 30.5 |" in block  # one model, every seed's start: no "± 0.0"
+    assert "| ATP-Latent (SFT) | 70.0 | 30.0 | 50.0 ± 2.2 | 9.0 |" in block
+    assert "mean ± std over 2 training seeds (CoT-SFT: trained once)" in block
+
+
 def test_the_readme_table_equals_its_reference():
     """The README quotes no figure the committed reference does not hold: rerun `python -m atp.reference_results
     readme` after saving a new reference run."""

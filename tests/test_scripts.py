@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -301,6 +302,36 @@ def test_suite_twins_scores_a_model_on_candidate_suite_settings(tiny_data, tmp_p
     )
     (line,) = [json.loads(text) for text in out.read_text().splitlines()]
     assert line["suite"] == "hard" and line["label"] == "q30" and line["n"] == 6 and 0.0 <= line["accuracy"] <= 1.0
+
+
+def test_paired_flips_counts_the_questions_two_models_disagree_on():
+    sys.path.insert(0, str(ROOT / "scripts" / "search"))
+    from paired_flips import paired_flips
+
+    base = [True] * 80 + [False] * 20
+    other = [True] * 70 + [False] * 10 + [True] * 15 + [False] * 5  # 10 lost, 15 gained
+    result = paired_flips(base, other)
+    assert (result["gained"], result["lost"], result["n"]) == (15, 10, 100)
+    assert result["difference"] == pytest.approx(5.0) and result["accuracy"] - result["base_accuracy"] == pytest.approx(5.0)
+    assert result["standard_error"] == pytest.approx(5.0) and result["z"] == pytest.approx(1.0)
+    assert paired_flips(base, base)["z"] == 0.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_flips(base, other[:-1])
+
+
+def test_paired_flips_decodes_validation_with_each_model(tiny_data, tmp_path):
+    from atp import modeling
+    from conftest import write_data_dir
+
+    cfg, splits, tok = tiny_data
+    data = write_data_dir(tmp_path / "data", splits, tok)
+    modeling.save_model(modeling.build_model(cfg["model"], tok), tok, tmp_path / "cot", {})
+    out = tmp_path / "flips.jsonl"
+    script = str(ROOT / "scripts" / "search" / "paired_flips.py")
+    args = ["--data-dir", str(data), "--base", str(tmp_path / "cot"), "--model", str(tmp_path / "cot"), "--out", str(out)]
+    subprocess.run([PYTHON, script, *args, "--max-new-tokens", "8"], check=True, capture_output=True, text=True, timeout=300)
+    (line,) = [json.loads(text) for text in out.read_text().splitlines()]
+    assert line["n"] == len(splits["val"]) and line["gained"] == line["lost"] == 0 and line["z"] == 0.0
 
 
 def test_rl_search_pairs_a_run_with_the_frozen_control_that_samples_as_it_does():
