@@ -331,7 +331,14 @@ def test_paired_flips_decodes_validation_with_each_model(tiny_data, tmp_path):
     args = ["--data-dir", str(data), "--base", str(tmp_path / "cot"), "--model", str(tmp_path / "cot"), "--out", str(out)]
     subprocess.run([PYTHON, script, *args, "--max-new-tokens", "8"], check=True, capture_output=True, text=True, timeout=300)
     (line,) = [json.loads(text) for text in out.read_text().splitlines()]
-    assert line["n"] == len(splits["val"]) and line["gained"] == line["lost"] == 0 and line["z"] == 0.0
+    assert line["splits"] == ["val"] and line["n"] == len(splits["val"]) and "by_split" not in line
+    assert line["gained"] == line["lost"] == 0 and line["z"] == 0.0
+    pooled = [*args, "--split", "val", "--split", "train", "--max-new-tokens", "8"]
+    subprocess.run([PYTHON, script, *pooled], check=True, capture_output=True, text=True, timeout=300)
+    line = json.loads(out.read_text().splitlines()[-1])
+    assert line["n"] == len(splits["val"]) + len(splits["train"]) and sorted(line["by_split"]) == ["train", "val"]
+    refused = subprocess.run([PYTHON, script, *args, "--split", "test"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "read once" in refused.stderr
 
 
 def test_rl_search_pairs_a_run_with_the_frozen_control_that_samples_as_it_does():

@@ -5,10 +5,12 @@
         --model results/default/train/cot_rl/seed1/model --model results/default/train/cot_rl/seed2/model \
         --out docs/experiments/cot-rl-flips-2026-12-07.jsonl
 
-Each CoT or No-CoT model decodes the validation split greedily (as the stages' `val/accuracy` does); against the
-base model, per question: wrong -> right (`gained`) and right -> wrong (`lost`). Only the questions that flip carry
-information on the difference, so its standard error is sqrt(gained + lost) / n and McNemar's statistic
-z = (gained - lost) / sqrt(gained + lost): |z| < 2 means the two models' accuracies are not told apart by this split.
+Each CoT or No-CoT model decodes the validation split greedily (as the stages' `val/accuracy` does), or several
+validation-side files pooled (`--split val --split twins/test --split twins/hard ...`: data prep's validation twins
+of the test suites, drawn apart from the suites). Against the base model, per question: wrong -> right (`gained`)
+and right -> wrong (`lost`). Only the questions that flip carry information on the difference, so its standard error
+is sqrt(gained + lost) / n and McNemar's statistic z = (gained - lost) / sqrt(gained + lost): |z| < 2 means the two
+models' accuracies are not told apart by these problems.
 A 1-point difference on 500 problems with 50 flips is z = 0.7. Prints and appends one JSON line per model.
 """
 
@@ -47,7 +49,7 @@ def paired_flips(base: list[bool], other: list[bool]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="prepared data: its val.jsonl is decoded")
-    p.add_argument("--split", default="val", help="the split to decode (tune on validation only)")
+    p.add_argument("--split", action="append", help="a file under --data-dir, without .jsonl (repeatable; default: val)")
     p.add_argument("--base", required=True, help="a CoT or No-CoT model folder, the reference")
     p.add_argument("--model", action="append", required=True, help="a model folder to compare (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -63,17 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     from atp.modeling import load_model
 
     torch.set_num_threads(args.threads)
-    records = read_jsonl(Path(args.data_dir) / f"{args.split}.jsonl")
+    splits = args.split or ["val"]
+    if any(split.split("/")[-1] in ("test", "hard", "easy", "varied") and "twins/" not in split for split in splits):
+        p.error("the test suites are read once, by the pipeline's evaluation; compare on validation (val, twins/...)")
+    records = {split: read_jsonl(Path(args.data_dir) / f"{split}.jsonl") for split in splits}
 
-    def outcomes(path: str) -> list[bool]:
+    def outcomes(path: str) -> dict[str, list[bool]]:
         model, tokenizer = load_model(path)
-        texts = greedy_generate(model, tokenizer, [r["question"] for r in records], args.max_new_tokens, args.batch_size, "cpu")
-        predictions, _ = score(records, texts)
-        return [p["correct"] for p in predictions]
+        result = {}
+        for split, rows in records.items():
+            texts = greedy_generate(model, tokenizer, [r["question"] for r in rows], args.max_new_tokens, args.batch_size, "cpu")
+            result[split] = [p["correct"] for p in score(rows, texts)[0]]
+        return result
 
     base = outcomes(args.base)
+    pooled = [x for split in splits for x in base[split]]
     for path in args.model:
-        line = {"base": args.base, "model": path, "split": args.split, **paired_flips(base, outcomes(path))}
+        other = outcomes(path)
+        line = {"base": args.base, "model": path, "splits": splits}
+        line.update(paired_flips(pooled, [x for split in splits for x in other[split]]))
+        if len(splits) > 1:
+            line["by_split"] = {split: paired_flips(base[split], other[split]) for split in splits}
         print(json.dumps(line), flush=True)
         if args.out:
             append_jsonl(args.out, line)
