@@ -319,6 +319,22 @@ def test_paired_flips_counts_the_questions_two_models_disagree_on():
         paired_flips(base, other[:-1])
 
 
+def test_why_flipped_finds_the_false_equations_behind_lost_and_gained_answers():
+    sys.path.insert(0, str(ROOT / "scripts" / "search"))
+    from paired_flips import why_flipped
+
+    base = ["<<2*6=12>>\n<<12-4=8>>\n### 8", "<<3+4=8>>\n### 8", "<<5+5=10>>\n### 10"]
+    other = ["<<6*2=12>>\n<<12-4=6>>\n### 6", "<<3+4=7>>\n### 7", "<<5+5=10>>\n### 10"]
+    result = why_flipped(base, other, [True, False, True], [False, True, True])
+    assert result == {
+        "chains_changed": 2,
+        "lost_with_a_false_step": 1,  # 12-4=6 in the new chain
+        "gained_from_a_false_step": 1,  # 3+4=8 in the base's
+        "false_chains_base": 1,
+        "false_chains": 1,
+    }
+
+
 def test_paired_flips_decodes_validation_with_each_model(tiny_data, tmp_path):
     from atp import modeling
     from conftest import write_data_dir
@@ -332,7 +348,7 @@ def test_paired_flips_decodes_validation_with_each_model(tiny_data, tmp_path):
     subprocess.run([PYTHON, script, *args, "--max-new-tokens", "8"], check=True, capture_output=True, text=True, timeout=300)
     (line,) = [json.loads(text) for text in out.read_text().splitlines()]
     assert line["splits"] == ["val"] and line["n"] == len(splits["val"]) and "by_split" not in line
-    assert line["gained"] == line["lost"] == 0 and line["z"] == 0.0
+    assert line["gained"] == line["lost"] == 0 and line["z"] == 0.0 and line["chains_changed"] == 0
     pooled = [*args, "--split", "val", "--split", "train", "--max-new-tokens", "8"]
     subprocess.run([PYTHON, script, *pooled], check=True, capture_output=True, text=True, timeout=300)
     line = json.loads(out.read_text().splitlines()[-1])

@@ -10,7 +10,8 @@ validation-side files pooled (`--split val --split twins/test --split twins/hard
 of the test suites, drawn apart from the suites). Against the base model, per question: wrong -> right (`gained`)
 and right -> wrong (`lost`). Only the questions that flip carry information on the difference, so its standard error
 is sqrt(gained + lost) / n and McNemar's statistic z = (gained - lost) / sqrt(gained + lost): |z| < 2 means the two
-models' accuracies are not told apart by these problems.
+models' accuracies are not told apart by these problems. The line also says what changed in the written chains:
+how many differ, and how many lost (gained) answers come with (repair) a false equation.
 A 1-point difference on 500 problems with 50 flips is z = 0.7. Prints and appends one JSON line per model.
 """
 
@@ -46,6 +47,25 @@ def paired_flips(base: list[bool], other: list[bool]) -> dict:
     }
 
 
+def why_flipped(base: list[str], other: list[str], base_right: list[bool], other_right: list[bool]) -> dict:
+    """What changed in the written chains: how many differ at all, how many lost answers come with a false equation
+    in the new chain, how many gained ones repair a false equation of the base's."""
+    from atp.text import equation_holds, extract_steps
+
+    def false_step(text: str) -> bool:
+        return any(not equation_holds(step) for step in extract_steps(text))
+
+    lost = [i for i, (a, b) in enumerate(zip(base_right, other_right)) if a and not b]
+    gained = [i for i, (a, b) in enumerate(zip(base_right, other_right)) if b and not a]
+    return {
+        "chains_changed": sum(extract_steps(a) != extract_steps(b) for a, b in zip(base, other)),
+        "lost_with_a_false_step": sum(false_step(other[i]) for i in lost),
+        "gained_from_a_false_step": sum(false_step(base[i]) for i in gained),
+        "false_chains_base": sum(map(false_step, base)),
+        "false_chains": sum(map(false_step, other)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="prepared data: its val.jsonl is decoded")
@@ -70,22 +90,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error("the test suites are read once, by the pipeline's evaluation; compare on validation (val, twins/...)")
     records = {split: read_jsonl(Path(args.data_dir) / f"{split}.jsonl") for split in splits}
 
-    def outcomes(path: str) -> dict[str, list[bool]]:
+    def outcomes(path: str) -> dict[str, list[dict]]:
         model, tokenizer = load_model(path)
         result = {}
         for split, rows in records.items():
             texts = greedy_generate(model, tokenizer, [r["question"] for r in rows], args.max_new_tokens, args.batch_size, "cpu")
-            result[split] = [p["correct"] for p in score(rows, texts)[0]]
+            result[split] = score(rows, texts)[0]
         return result
 
+    def right(predictions: dict[str, list[dict]], split: str | None = None) -> list[bool]:
+        return [p["correct"] for name in ([split] if split else splits) for p in predictions[name]]
+
+    def chains(predictions: dict[str, list[dict]]) -> list[str]:
+        return [p["generation"] for name in splits for p in predictions[name]]
+
     base = outcomes(args.base)
-    pooled = [x for split in splits for x in base[split]]
     for path in args.model:
         other = outcomes(path)
-        line = {"base": args.base, "model": path, "splits": splits}
-        line.update(paired_flips(pooled, [x for split in splits for x in other[split]]))
+        line = {"base": args.base, "model": path, "splits": splits, **paired_flips(right(base), right(other))}
+        line.update(why_flipped(chains(base), chains(other), right(base), right(other)))
         if len(splits) > 1:
-            line["by_split"] = {split: paired_flips(base[split], other[split]) for split in splits}
+            line["by_split"] = {split: paired_flips(right(base, split), right(other, split)) for split in splits}
         print(json.dumps(line), flush=True)
         if args.out:
             append_jsonl(args.out, line)
