@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image
 import pandas as pd
 import pytest
 
@@ -12,6 +13,7 @@ from atp.stages.report import (
     against_frozen_markdown,
     best_rl_run,
     moving_average,
+    paired_controls,
     plot_accuracy_vs_tokens,
     plot_rl_curves,
 )
@@ -41,9 +43,28 @@ def test_the_figures_are_written(tmp_path):
     )
     plot_accuracy_vs_tokens(frame, tmp_path / "a.png")
     history = [{"step": s, "rewards/total/mean": s / 10, "rewards/coherence/mean": 0.2, "rl/accuracy": 0.5} for s in range(1, 6)]
-    plot_rl_curves({"atp_rl": history}, tmp_path / "b.png", controls={"atp_rl_frozen (seed 0)": history})
+    runs = {("atp_rl", 0): history, ("atp_rl", 1): history, ("cot_rl", 0): history}
+    controls = {("atp_rl_frozen", 0): history, ("atp_rl_frozen", 1): history, ("cot_rl_frozen", 0): history}
+    starts = {("atp_rl", 0): "atp", ("atp_rl", 1): "atp", ("atp_rl_frozen", 0): "atp", ("atp_rl_frozen", 1): "atp"}
+    starts |= {("cot_rl", 0): "cot_sft", ("cot_rl_frozen", 0): "cot_sft"}
+    plot_rl_curves(runs, tmp_path / "b.png", controls=controls, starts=starts)
+    plot_rl_curves({("atp_rl", 0): history}, tmp_path / "one.png", controls=controls, starts=starts)
     plot_rl_curves({}, tmp_path / "c.png")
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in ("a.png", "b.png", "c.png"))
+    height = lambda name: matplotlib.image.imread(tmp_path / name).shape[0]  # noqa: E731
+    assert height("b.png") > 1.8 * height("one.png")  # one row of panels per RL method
+
+
+def test_each_rl_run_is_paired_with_the_frozen_control_of_its_seed_and_start():
+    runs = {("atp_rl", 0): [], ("atp_rl", 1): [], ("cot_rl", 0): []}
+    controls = {("atp_rl_frozen", 0): [], ("atp_rl_frozen", 1): [], ("cot_rl_frozen", 0): []}
+    starts = {("atp_rl", 0): "atp", ("atp_rl", 1): "atp", ("atp_rl_frozen", 0): "atp", ("atp_rl_frozen", 1): "atp"}
+    starts |= {("cot_rl", 0): "cot_sft", ("cot_rl_frozen", 0): "cot_sft"}
+    assert paired_controls(runs, controls, starts) == [
+        (("atp_rl", 0), ("atp_rl_frozen", 0)),
+        (("atp_rl", 1), ("atp_rl_frozen", 1)),
+        (("cot_rl", 0), ("cot_rl_frozen", 0)),
+    ]
 
 
 def test_a_resumed_run_rewrites_its_history_from_the_step_it_restarts_at(tmp_path):

@@ -27,7 +27,7 @@ CURVES = [
     ("rewards/total/mean", "total reward"),
     ("rewards/coherence/mean", "coherence reward"),
     ("rl/accuracy", "rollout accuracy"),
-    ("rl/grad_cosine/all", "gradient cosine of two halves (near 0: noise)"),
+    ("rl/grad_cosine/all", "gradient cosine, two halves (0: noise)"),
 ]
 ALIAS = "best"
 
@@ -81,36 +81,51 @@ def plot_accuracy_vs_tokens(frame, out: Path) -> None:
 
 
 def plot_rl_curves(
-    histories: dict[str, list[dict]], out: Path, window: int = 10, controls: dict[str, list[dict]] | None = None
+    runs: dict[tuple[str, int], list[dict]],
+    out: Path,
+    window: int = 10,
+    controls: dict[tuple[str, int], list[dict]] | None = None,
+    starts: dict[tuple[str, int], str] | None = None,
 ) -> None:
-    """Reward, coherence and rollout accuracy per RL step; the frozen-policy `controls` dashed in grey tones."""
+    """Reward, coherence, rollout accuracy and the gradient cosine per RL step: one row per RL method, its seeds in
+    colours, each seed's frozen-policy control (the one `against_frozen` reads it against) dashed in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     controls = controls or {}
+    methods = list(dict.fromkeys(method for method, _ in runs)) or ["no RL methods in this run"]
+    control_of = dict(paired_controls(runs, controls, starts))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = [(name, rows, colors[i % len(colors)], "-") for i, (name, rows) in enumerate(histories.items())]
-    styles += [(name, rows, str(0.2 + 0.2 * (i % 3)), "--") for i, (name, rows) in enumerate(controls.items())]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(17, 3.8), dpi=120)
-    for ax, (key, title) in zip(axes, CURVES):
-        for name, rows, color, style in styles:
-            steps = [r["step"] for r in rows if key in r]
-            values = [r[key] for r in rows if key in r]
-            if not steps:
-                continue
-            ax.plot(steps, values, color=color, alpha=0.2, linewidth=0.8, linestyle=style)
-            ax.plot(steps, moving_average(values, window), color=color, label=name, linestyle=style)
-        ax.set_title(title)
+    fig, axes = plt.subplots(len(methods), len(CURVES), figsize=(17, 2.6 * len(methods) + 0.6), dpi=80, squeeze=False)
+    for row, method in zip(axes, methods):
+        mine = sorted((key for key in runs if key[0] == method), key=lambda key: key[1])
+        for ax, (curve, title) in zip(row, CURVES):
+            for key in mine:
+                color = colors[key[1] % len(colors)]
+                lines = [(runs[key], "-", f"seed {key[1]}")]
+                if key in control_of:
+                    lines.append((controls[control_of[key]], "--", f"seed {key[1]}, frozen twin"))
+                for rows, style, label in lines:
+                    steps = [r["step"] for r in rows if curve in r]
+                    values = [r[curve] for r in rows if curve in r]
+                    if steps:
+                        ax.plot(steps, values, color=color, alpha=0.15, linewidth=0.7, linestyle=style)
+                        ax.plot(steps, moving_average(values, window), color=color, linestyle=style, label=label)
+            ax.set_title(f"{method}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+        if not mine:
+            row[0].text(0.5, 0.5, method, ha="center", transform=row[0].transAxes)
+    for ax in axes[-1]:
         ax.set_xlabel("RL step")
-        ax.grid(alpha=0.3)
-    if histories or controls:
-        axes[0].legend(fontsize=8)
-    else:
-        axes[0].text(0.5, 0.5, "no RL methods in this run", ha="center", transform=axes[0].transAxes)
-    fig.suptitle(f"RL runs (faint: per step; solid: mean of the last {window} steps)", fontsize=10)
-    fig.tight_layout()
+    if runs:
+        axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        f"RL runs (solid) and their frozen twins (dashed): faint per step, bold the mean of the last {window} steps",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title
     fig.savefig(out)
     plt.close(fig)
 
@@ -123,6 +138,18 @@ def started_from(run_dir: Path) -> str | None:
 
 def run_label(method: str, seed: int) -> str:
     return f"{method} (seed {seed})"
+
+
+def paired_controls(
+    runs: dict[tuple[str, int], list[dict]],
+    controls: dict[tuple[str, int], list[dict]],
+    starts: dict[tuple[str, int], str] | None = None,
+) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """(run, control) keys: each run with the frozen control of its seed and, where `starts` names them, its start."""
+    starts = starts or {}
+    return [
+        (run, control) for run in runs for control in controls if control[1] == run[1] and starts.get(run) == starts.get(control)
+    ]
 
 
 def against_frozen(
@@ -143,31 +170,28 @@ def against_frozen(
     import math
     import statistics
 
-    starts = starts or {}
     out = []
-    for (method, seed), rows in runs.items():
-        for (control_method, control_seed), control in controls.items():
-            if control_seed != seed or starts.get((method, seed)) != starts.get((control_method, control_seed)):
-                continue
-            mine, theirs = ({r["step"]: r[key] for r in h if key in r} for h in (rows, control))
-            steps = sorted(set(mine) & set(theirs))
-            last = steps[min(int(len(steps) * (1 - share)), len(steps) - 2) :]  # at least two steps for a standard error
-            if len(last) < 2:
-                continue
-            diffs = [mine[t] - theirs[t] for t in last]
-            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-            out.append(
-                {
-                    "run": run_label(method, seed),
-                    "control": run_label(control_method, control_seed),
-                    "steps": f"{last[0]}-{last[-1]}",
-                    "run_reward": statistics.fmean(mine[t] for t in last),
-                    "control_reward": statistics.fmean(theirs[t] for t in last),
-                    "difference": statistics.fmean(diffs),
-                    "standard_error": se,
-                    "z": statistics.fmean(diffs) / se if se > 0 else 0.0,
-                }
-            )
+    for (method, seed), (control_method, control_seed) in paired_controls(runs, controls, starts):
+        rows, control = runs[method, seed], controls[control_method, control_seed]
+        mine, theirs = ({r["step"]: r[key] for r in h if key in r} for h in (rows, control))
+        steps = sorted(set(mine) & set(theirs))
+        last = steps[min(int(len(steps) * (1 - share)), len(steps) - 2) :]  # at least two steps for a standard error
+        if len(last) < 2:
+            continue
+        diffs = [mine[t] - theirs[t] for t in last]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        out.append(
+            {
+                "run": run_label(method, seed),
+                "control": run_label(control_method, control_seed),
+                "steps": f"{last[0]}-{last[-1]}",
+                "run_reward": statistics.fmean(mine[t] for t in last),
+                "control_reward": statistics.fmean(theirs[t] for t in last),
+                "difference": statistics.fmean(diffs),
+                "standard_error": se,
+                "z": statistics.fmean(diffs) / se if se > 0 else 0.0,
+            }
+        )
     return out
 
 
@@ -346,9 +370,8 @@ def main(args, config: dict) -> None:
     key_of = lambda d: (d.parent.name, int(d.name.removeprefix("seed")))  # noqa: E731 - train/<method>/seed<k>
     histories = {key_of(d): read_history(d / "history.jsonl") for d in run_dirs}
     controls = {key_of(d): read_history(d / "history.jsonl") for d in map(Path, args.frozen_runs)}
-    labelled = lambda runs: {run_label(*k): rows for k, rows in runs.items()}  # noqa: E731
-    plot_rl_curves(labelled(histories), out_dir / "rl_curves.png", controls=labelled(controls))
     starts = {key_of(d): started_from(d) for d in [*run_dirs, *map(Path, args.frozen_runs)]}
+    plot_rl_curves(histories, out_dir / "rl_curves.png", controls=controls, starts=starts)
     paired = {key: against_frozen(histories, controls, key, starts=starts) for key, _ in FROZEN_KEYS}
     frozen_dirs = [Path(d) for d in args.frozen_runs]
     headroom = [
