@@ -68,7 +68,7 @@ def why_flipped(base: list[str], other: list[str], base_right: list[bool], other
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, help="prepared data: its val.jsonl is decoded")
+    p.add_argument("--data-dir", required=True, help="prepared data, whose --split files are decoded")
     p.add_argument("--split", action="append", help="a file under --data-dir, without .jsonl (repeatable; default: val)")
     p.add_argument("--base", required=True, help="a CoT or No-CoT model folder, the reference")
     p.add_argument("--model", action="append", required=True, help="a model folder to compare (repeatable)")
@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from atp.config import OWN_SPLITS
     from atp.data.records import append_jsonl, read_jsonl
     from atp.evaluate import greedy_generate, score
     from atp.modeling import load_model
 
     torch.set_num_threads(args.threads)
     splits = args.split or ["val"]
-    if any(split.split("/")[-1] in ("test", "hard", "easy", "varied") and "twins/" not in split for split in splits):
+    if any(split not in OWN_SPLITS and not split.startswith("twins/") for split in splits):  # the rest are suites
         p.error("the test suites are read once, by the pipeline's evaluation; compare on validation (val, twins/...)")
     records = {split: read_jsonl(Path(args.data_dir) / f"{split}.jsonl") for split in splits}
 
